@@ -1,0 +1,399 @@
+"""The run configuration: typed, strict, written down.
+
+A run's config is built from, in order: the schema defaults below, the YAML
+chain (a file may name ``base: other.yaml``, resolved relative to itself), then
+dotted command-line overrides (``ppo.clip=0.2``). Any unknown key or wrong type
+stops with a :class:`ConfigError` that names the dotted key and where it came
+from. Cross-field rules live in ``__post_init__``.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import inspect
+import textwrap
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the dotted key and the fix."""
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters through PEFT."""
+
+    r: int = 128
+    """Adapter rank."""
+    alpha: int = 256
+    """Adapter scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input."""
+    target_modules: str = "all-linear"
+    """"all-linear", a comma list of module names (q_proj,v_proj), or a regex over full module names."""
+    vision_tower: bool = True
+    """Also adapt the vision tower and projector (the paper does)."""
+
+
+@dataclass
+class ModelConfig:
+    """Which VLM to load and how."""
+
+    path: str = "tiny"
+    """Local Hugging Face image-text-to-text checkpoint, or "tiny" for the built-in offline model."""
+    dtype: str = "float32"
+    """Weights dtype: float32, bfloat16 or float16."""
+    attn_implementation: str | None = None
+    """Attention kernel (eager, sdpa, flash_attention_2); None lets transformers choose."""
+    finetune: str = "lora"
+    """"lora" trains adapters + value head; "full" trains every weight (tiny models)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapter settings, used when finetune is lora."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward to save memory."""
+    image_size: int | None = None
+    """Resize observations to this square size before the processor; None keeps the env's size."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        _check_choice("model.finetune", self.finetune, ("lora", "full"))
+
+
+@dataclass
+class EnvConfig:
+    """The environments rollouts are collected from."""
+
+    name: str = "numberline"
+    """Env by name (numberline, ezpoints, points24, blackjack, alfworld) or "pkg.module:Class"."""
+    num_envs: int = 4
+    """Environments stepped together per process; one batched generate serves them all."""
+    vector: str = "sync"
+    """"sync" steps envs in this process, "async" in worker processes."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the game (max_position, target, face_cards_as_10, ...)."""
+    max_episode_steps: int | None = None
+    """Truncate episodes after this many steps; None uses the game's own limit."""
+    image: str = "auto"
+    """Observation image: auto (the game's own), none (text only), scene (drawn from text), thor (ALFWorld 3D)."""
+    data_path: str | None = None
+    """ALFWorld game files; None uses $ALFWORLD_DATA or generates a small offline set."""
+
+    def __post_init__(self) -> None:
+        if self.num_envs < 1:
+            raise ConfigError(f"env.num_envs must be >= 1, got {self.num_envs}")
+        _check_choice("env.vector", self.vector, ("sync", "async"))
+        _check_choice("env.image", self.image, ("auto", "none", "scene", "thor"))
+
+
+@dataclass
+class PromptConfig:
+    """How observations become prompts."""
+
+    template: str = "auto"
+    """Prompt template by name, or "auto" for the env's own."""
+    cot: bool = True
+    """Ask for reasoning ("thoughts") before the action; false is the paper's no-CoT ablation."""
+    text_state: bool = False
+    """Also write the text state (numbers, formula) into the prompt, not only the image."""
+
+
+@dataclass
+class ParserConfig:
+    """How generated text becomes a legal action."""
+
+    name: str = "auto"
+    """Action parser by name, or "auto" for the env's own."""
+    failure_penalty: float = 0.0
+    """Reward added when the text names no legal action (a random legal action is taken instead)."""
+
+
+@dataclass
+class PolicyConfig:
+    """The policy's log-probability, value head and regularisers."""
+
+    thought_coef: float = 0.5
+    """Lambda: log pi = thought_coef * sum log p(CoT tokens) + sum log p(action tokens)."""
+    value_hidden: list[int] = field(default_factory=lambda: [1024, 512])
+    """Hidden widths of the value head MLP."""
+    init_from: str | None = None
+    """Checkpoint dir (from sft or fit) whose adapters/weights start the policy."""
+    kl_coef: float = 0.0
+    """Penalty on KL to the reference policy (adapters disabled); 0 turns it off."""
+    entropy_coef: float = 0.0
+    """Bonus on token entropy of the generated text; 0 turns it off (as the paper)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.thought_coef <= 1.0:
+            raise ConfigError(f"policy.thought_coef must be in [0, 1], got {self.thought_coef}")
+
+
+@dataclass
+class PPOConfig:
+    """Proximal policy optimisation with GAE."""
+
+    gamma: float = 0.9
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip: float = 0.1
+    """Policy ratio clip epsilon."""
+    value_clip: float | None = 0.1
+    """Clip value updates to this distance from the old value; None turns value clipping off."""
+    vf_coef: float = 0.5
+    """Weight of the value loss."""
+    epochs: int = 4
+    """Passes over each rollout."""
+    minibatch_size: int = 32
+    """Samples per optimizer step (gradients accumulated over micro-batches)."""
+    micro_batch_size: int = 4
+    """Samples per forward/backward; lower it to save memory, the result does not change."""
+    lr: float = 1e-5
+    """Adam learning rate at the start."""
+    min_lr: float = 1e-9
+    """Learning rate at the end of the cosine schedule."""
+    value_lr: float | None = None
+    """Learning rate of the value head; None uses ppo.lr."""
+    max_grad_norm: float = 0.01
+    """Clip the global gradient norm to this."""
+    normalize_advantages: bool = True
+    """Whiten advantages per batch (global statistics across ranks)."""
+    target_kl: float | None = None
+    """Stop the PPO epochs early when approx KL exceeds this; None never stops."""
+
+    def __post_init__(self) -> None:
+        for key, value in (("ppo.gamma", self.gamma), ("ppo.gae_lambda", self.gae_lambda)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key} must be in [0, 1], got {value}")
+        if self.clip <= 0:
+            raise ConfigError(f"ppo.clip must be > 0, got {self.clip}")
+        if self.epochs < 1:
+            raise ConfigError(f"ppo.epochs must be >= 1, got {self.epochs}")
+        if self.micro_batch_size < 1 or self.minibatch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"ppo.minibatch_size ({self.minibatch_size}) must be a multiple of "
+                f"ppo.micro_batch_size ({self.micro_batch_size})"
+            )
+
+
+@dataclass
+class RolloutConfig:
+    """On-policy data collection."""
+
+    steps_per_update: int = 64
+    """Env steps collected per update, summed over this process's envs."""
+    temperature: float = 0.2
+    """Sampling temperature (also scales the logits the log-probs are taken from)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = 256
+    """Longest generated answer."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"rollout.temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Fabric, logging and checkpoints."""
+
+    max_updates: int = 20
+    """PPO updates (collect + optimise) to run."""
+    accelerator: str = "auto"
+    """Fabric accelerator: auto, cpu, cuda."""
+    devices: int = 1
+    """Processes (GPUs) to run on."""
+    strategy: str = "auto"
+    """Fabric strategy: auto, ddp, fsdp, deepspeed."""
+    precision: str = "32-true"
+    """Fabric precision: 32-true, bf16-mixed, bf16-true, 16-mixed."""
+    out_dir: str = "runs/${env.name}"
+    """Where events, checkpoints and the resolved config go."""
+    log_every: int = 1
+    """Write scalars every N updates."""
+    image_log_every: int = 5
+    """Log a few observation images with their generated text every N updates; 0 never."""
+    checkpoint_every: int = 10
+    """Checkpoint every N updates (and always at the end)."""
+    resume: str | None = None
+    """Checkpoint dir (or run dir: its latest checkpoint) to continue from."""
+    num_threads: int | None = None
+    """torch CPU threads; None uses 1 per process when several share the CPU, else torch's default."""
+    eval_episodes: int = 0
+    """Held-out episodes to evaluate at the end of fit; 0 skips."""
+    success_window: int = 200
+    """Training success rate is over the last N episodes (the paper's metric)."""
+
+
+@dataclass
+class Config:
+    """A complete agentrl run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The VLM."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    """The environments."""
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    """Observation to prompt."""
+    parser: ParserConfig = field(default_factory=ParserConfig)
+    """Text to action."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """Log-probability and value head."""
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    """The optimiser of the policy."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Data collection."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Execution, logging, checkpoints."""
+    seed: int = 0
+    """Seeds envs, sampling and initialisation."""
+
+    def __post_init__(self) -> None:
+        if self.rollout.steps_per_update % self.env.num_envs:
+            raise ConfigError(
+                f"rollout.steps_per_update ({self.rollout.steps_per_update}) must be a multiple of "
+                f"env.num_envs ({self.env.num_envs})"
+            )
+        if self.ppo.minibatch_size > self.rollout.steps_per_update:
+            raise ConfigError(
+                f"ppo.minibatch_size ({self.ppo.minibatch_size}) exceeds rollout.steps_per_update "
+                f"({self.rollout.steps_per_update}); lower it or collect more steps"
+            )
+
+    @property
+    def steps_per_env(self) -> int:
+        """Env steps each environment takes per update."""
+        return self.rollout.steps_per_update // self.env.num_envs
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Schema defaults, then the YAML chain of ``path``, then dotted ``overrides``."""
+    merged = OmegaConf.structured(Config)
+    if path is not None:
+        for source, data in _yaml_chain(Path(path)):
+            merged = _merge(merged, data, source)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value (for example ppo.clip=0.2)")
+        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    try:
+        return OmegaConf.to_object(merged)  # runs every __post_init__
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e, "the resolved config")) from None
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what a run writes next to its checkpoints)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def _yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
+    """[(source, data)] from the furthest ``base:`` ancestor down to ``path``."""
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing YAML with -c")
+    if path in seen:
+        raise ConfigError(f"{path}: 'base:' chain loops back to itself")
+    try:
+        data = OmegaConf.load(path)
+    except Exception as e:  # YAML syntax errors come from several libraries
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    base = data.pop("base", None)
+    chain: list[tuple[str, DictConfig]] = []
+    if base is not None:
+        chain = _yaml_chain(path.parent / str(base), (*seen, path))
+    return [*chain, (str(path), data)]
+
+
+def _merge(merged: DictConfig, data: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(merged, data)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e, source)) from None
+
+
+def _describe(e: OmegaConfBaseException, source: str) -> str:
+    key = getattr(e, "full_key", None) or "?"
+    text = str(getattr(e, "msg", "") or e).splitlines()[0]
+    if "not in struct" in text or "Key '" in text and "not" in text:
+        hint = _suggest(key)
+        return f"{source}: unknown key '{key}'{hint}"
+    return f"{source}: bad value for '{key}': {text}"
+
+
+def _suggest(key: str) -> str:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else " (agentrl fit --help lists every key)"
+
+
+# ---------------------------------------------------------------- documentation
+
+
+def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema."""
+    keys = []
+    for f in fields(cls):
+        default = _default(f)
+        if is_dataclass(default):
+            keys += all_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, one-line doc) for every leaf, for --help."""
+    docs = field_docs(cls)
+    rows = []
+    for f in fields(cls):
+        default = _default(f)
+        if is_dataclass(default):
+            rows += describe_keys(type(default), f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", default, docs.get(f.name, "")))
+    return rows
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _default(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None

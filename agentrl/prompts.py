@@ -1,0 +1,197 @@
+"""PromptTemplates: an observation becomes chat messages; expert fields become a JSON answer.
+
+The template owns the output format the model is asked for. With chain of
+thought (``cot=True``) the answer carries the game's fields and "thoughts" before
+"action"; without it only ``{"action": ...}`` (the paper's no-CoT ablation).
+The messages are Hugging Face multimodal chat messages; the policy renders them
+with the processor's own chat template, so any VLM's format is respected.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from abc import ABC, abstractmethod
+from typing import Any
+
+from agentrl.envs.base import EnvObs
+
+
+class PromptTemplate(ABC):
+    """Base template: task text + legal actions + JSON output format."""
+
+    def __init__(self, cot: bool = True, text_state: bool = False) -> None:
+        self.cot = cot
+        self.text_state = text_state
+
+    @abstractmethod
+    def task_text(self, obs: EnvObs) -> str:
+        """What the game is and what the image shows."""
+
+    def format_fields(self, obs: EnvObs) -> dict[str, str]:
+        """Output keys (before "thoughts" and "action") with a short description of each value."""
+        return {}
+
+    def thoughts_hint(self, obs: EnvObs) -> str:
+        """What the "thoughts" value should contain."""
+        return "think step by step about which action reaches the goal"
+
+    def prompt(self, obs: EnvObs) -> str:
+        """The user-turn text for ``obs``."""
+        parts = [self.task_text(obs)]
+        if self.text_state and obs.text:
+            parts.append(f"State: {obs.text}")
+        parts.append(self.actions_text(obs))
+        parts.append("Answer with a JSON object in this format:\n" + self.format_text(obs))
+        return "\n".join(parts)
+
+    def actions_text(self, obs: EnvObs) -> str:
+        return "Legal actions: " + ", ".join(f'"{a}"' for a in obs.legal_actions) + "."
+
+    def format_text(self, obs: EnvObs) -> str:
+        fields: dict[str, str] = {}
+        if self.cot:
+            fields.update(self.format_fields(obs))
+            fields["thoughts"] = f"<{self.thoughts_hint(obs)}>"
+        fields["action"] = "<one legal action>"
+        return "{" + ", ".join(f'"{k}": "{v}"' for k, v in fields.items()) + "}"
+
+    def messages(self, obs: EnvObs) -> list[dict[str, Any]]:
+        """Chat messages: one user turn with the image (when there is one) and the prompt."""
+        content: list[dict[str, Any]] = []
+        if obs.image is not None:
+            content.append({"type": "image"})
+        content.append({"type": "text", "text": self.prompt(obs)})
+        return [{"role": "user", "content": content}]
+
+    def answer(self, fields: dict[str, Any]) -> str:
+        """The JSON answer for expert ``fields`` (keys in format order, ending with "action")."""
+        if "action" not in fields:
+            raise ValueError(f"expert fields need an 'action' key, got keys {list(fields)}")
+        if not self.cot:
+            fields = {"action": fields["action"]}
+        return json.dumps(fields, ensure_ascii=False)
+
+
+_GYM_CARDS_TASKS = {
+    "numberline": (
+        "You are playing Number Line. The image shows a target number and a current number. "
+        'Move the current number to the target: "+" adds one, "-" subtracts one.'
+    ),
+    "ezpoints": (
+        "You are playing EZPoints. The image shows two cards and the formula so far. "
+        "Build a formula that uses each card once and equals {target}, one token at a time; "
+        'J, Q and K count as 10. Finish with "=".'
+    ),
+    "points24": (
+        "You are playing Points24. The image shows four cards and the formula so far. "
+        "Build a formula that uses each card once and equals {target}, one token at a time; "
+        'J, Q and K count as 10. Finish with "=".'
+    ),
+    "blackjack": (
+        "You are playing Blackjack. The image shows the dealer's visible card on top and your cards "
+        "below. Get closer to 21 than the dealer without going over."
+    ),
+}
+
+_GYM_CARDS_FIELDS = {
+    "numberline": {"current number": "<number>", "target number": "<number>"},
+    "ezpoints": {"cards": "<the cards>", "current formula": "<formula so far>"},
+    "points24": {"cards": "<the cards>", "current formula": "<formula so far>"},
+    "blackjack": {},
+}
+
+
+class GymCardsTemplate(PromptTemplate):
+    """NumberLine, EZPoints, Points24, Blackjack (the paper's gym_cards)."""
+
+    def task_text(self, obs: EnvObs) -> str:
+        try:
+            text = _GYM_CARDS_TASKS[obs.env_id]
+        except KeyError:
+            raise ValueError(
+                f"GymCardsTemplate has no prompt for env {obs.env_id!r}; known: {', '.join(_GYM_CARDS_TASKS)}"
+            ) from None
+        return text.format(target=obs.extra.get("target", 24 if obs.env_id == "points24" else 12))
+
+    def format_fields(self, obs: EnvObs) -> dict[str, str]:
+        return _GYM_CARDS_FIELDS.get(obs.env_id, {})
+
+    def thoughts_hint(self, obs: EnvObs) -> str:
+        return "read the image, then think about which action to choose"
+
+
+class AlfworldTemplate(PromptTemplate):
+    """ALFWorld household tasks: scene text, task, admissible commands."""
+
+    def task_text(self, obs: EnvObs) -> str:
+        seen = "the image and the text" if obs.image is not None else "the text"
+        return (
+            f"You are a household robot in a room. Use {seen} to finish the task.\n"
+            f"Task: {obs.task}\nObservation: {obs.text}"
+        )
+
+    def actions_text(self, obs: EnvObs) -> str:
+        return "Admissible actions: " + ", ".join(f'"{a}"' for a in obs.legal_actions) + "."
+
+    def thoughts_hint(self, obs: EnvObs) -> str:
+        return "think about what to do next to finish the task"
+
+    def prompt(self, obs: EnvObs) -> str:
+        # ALFWorld's observation already is the text state; never write it twice.
+        parts = [self.task_text(obs), self.actions_text(obs)]
+        parts.append("Answer with a JSON object in this format:\n" + self.format_text(obs))
+        return "\n".join(parts)
+
+
+def tokenizer_corpus(n: int = 400, seed: int = 0) -> list[str]:
+    """Prompts and answers of every game, for training the tiny model's tokenizer.
+
+    Synthetic states are enough: the tokenizer only needs the vocabulary of the
+    prompts and answers (byte fallback covers anything else).
+    """
+    rng = random.Random(seed)
+    ranks = ["A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K"]
+    alf_words = (
+        "apple bowl bread butterknife cabinet candle cellphone cloth countertop cup desk desklamp "
+        "diningtable drawer egg fridge garbagecan kettle knife lettuce microwave mug pan pencil "
+        "plate pot potato shelf sinkbasin soapbottle spatula spoon stoveburner tomato toaster "
+        "go to take from put in on open close clean with heat cool use examine inventory look"
+    ).split()
+    texts = []
+    for i in range(n):
+        env_id = list(_GYM_CARDS_TASKS)[i % 4]
+        cot = i % 3 != 0
+        tmpl = GymCardsTemplate(cot=cot, text_state=i % 2 == 0)
+        if env_id == "numberline":
+            t, c = rng.sample(range(6), 2)
+            actions = ["-", "+"]
+            fields = {"current number": c, "target number": t,
+                      "thoughts": f"The current number is {c} and the target is {t}, so I move closer.",
+                      "action": "+" if t > c else "-"}
+            text = f"Target: {t}, Current: {c}"
+        elif env_id == "blackjack":
+            actions = ["stand", "hit"]
+            total = rng.randint(4, 21)
+            fields = {"thoughts": f"My total is {total} and the dealer shows {rng.choice(ranks)}.",
+                      "action": rng.choice(actions)}
+            text = f"Player sum: {total}"
+        else:
+            k = 2 if env_id == "ezpoints" else 4
+            cards = rng.choices(ranks, k=k)
+            actions = [str(v) for v in range(1, 11)] + ["+", "-", "*", "/", "(", ")", "="]
+            formula = "".join(rng.choices(actions, k=rng.randint(0, 6)))
+            fields = {"cards": cards, "current formula": formula,
+                      "thoughts": f"The cards are {', '.join(cards)}; next I add a number.",
+                      "action": rng.choice(actions)}
+            text = f"Cards: {cards}, Formula: {formula}"
+        obs = EnvObs(image=None, text=text, legal_actions=actions, env_id=env_id)
+        texts += [tmpl.prompt(obs), tmpl.answer(fields)]
+    alf = AlfworldTemplate()
+    for _ in range(n // 4):
+        words = rng.choices(alf_words, k=12)
+        cmds = [f"go to {w} {rng.randint(1, 5)}" for w in words[:4]] + [f"take {words[4]} 1 from {words[5]} 2"]
+        obs = EnvObs(image=None, text="You are in the middle of a room. " + " ".join(words),
+                     legal_actions=cmds, env_id="alfworld", task=f"put a {words[6]} in {words[7]}")
+        texts += [alf.prompt(obs), alf.answer({"thoughts": "I should find it first.", "action": cmds[0]})]
+    return texts

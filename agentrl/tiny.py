@@ -1,0 +1,245 @@
+"""A tiny offline vision-language model, built from scratch in about a second.
+
+No weights can be downloaded, so tests, CI and quick experiments use a stock
+``LlavaForConditionalGeneration`` (small CLIP vision tower + small Llama text
+model, random seeded weights) with a byte-level BPE tokenizer trained in code on
+the tasks' own prompts. It is saved exactly like a llava-hf checkpoint, so
+``AutoProcessor`` / ``AutoModelForImageTextToText`` load it like any real VLM.
+
+The defaults follow what was measured to learn from pixels on CPU in minutes
+(/work/shared/TINY_VLM.md): 112 px images, 28 px patches (16 image tokens),
+text hidden size 128 x 4 layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+IMAGE_TOKEN = "<image>"
+PAD_TOKEN = "<pad>"
+BOS_TOKEN = "<|im_start|>"
+EOS_TOKEN = "<|im_end|>"
+SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, IMAGE_TOKEN]
+
+# ChatML. A message's content is a string or a list of {"type": "image"} /
+# {"type": "text", "text": ...} items (the Hugging Face multimodal chat format).
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for item in message['content'] -%}"
+    "{%- if item['type'] == 'image' -%}{{ '<image>' }}"
+    "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Architecture of the tiny VLM; every field feeds the cache version."""
+
+    image_size: int = 112
+    patch_size: int = 28
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    mlp_ratio: int = 4
+    vocab_size: int = 3000
+    max_positions: int = 2048
+    build_version: int = 1  # bump when the build code changes in a way the fields don't show
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens per image in the prompt (CLS dropped)."""
+        return (self.image_size // self.patch_size) ** 2
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 3000, max_length: int = 2048):
+    """A byte-level BPE fast tokenizer trained on ``corpus``: any text encodes, left padding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes
+        show_progress=False,
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        pad_token=PAD_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+        model_max_length=max_length,
+    )
+
+
+def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = None) -> tuple[Any, Any]:
+    """A seeded random ``LlavaForConditionalGeneration`` (eval mode) and its ``LlavaProcessor``."""
+    import torch
+    from transformers import (
+        CLIPVisionConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    spec = spec or TinySpec()
+    if spec.image_size % spec.patch_size:
+        raise ValueError(f"image_size {spec.image_size} must be a multiple of patch_size {spec.patch_size}")
+    tokenizer = train_tokenizer(corpus, spec.vocab_size, spec.max_positions)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    side = {"height": spec.image_size, "width": spec.image_size}
+    # The PIL backend directly: the default class wants torchvision and warns without it.
+    image_processor = CLIPImageProcessorPil(size=side, crop_size=side, do_center_crop=False)
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",  # drops CLS ...
+        num_additional_image_tokens=1,  # ... which CLIP adds: (112 / 28) ** 2 = 16 tokens
+        chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden,
+        intermediate_size=spec.vision_hidden * spec.mlp_ratio,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_hidden * spec.mlp_ratio,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_kv_heads,
+        max_position_embeddings=spec.max_positions,
+        pad_token_id=ids[PAD_TOKEN],
+        bos_token_id=ids[BOS_TOKEN],
+        eos_token_id=ids[EOS_TOKEN],
+        tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids[IMAGE_TOKEN],
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,  # the last CLIP layer: a tiny tower has no layers to spare
+        projector_hidden_act="gelu",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids[BOS_TOKEN], eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN]
+    )
+    return model, processor
+
+
+def build_tiny_vlm(
+    out_dir: str | Path, corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = None
+) -> Path:
+    """Build the tiny VLM (see :func:`tiny_vlm`) and ``save_pretrained`` model and processor into ``out_dir``."""
+    from transformers.utils import logging as hf_logging
+
+    model, processor = tiny_vlm(corpus, seed=seed, spec=spec)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a one-shard progress bar is noise
+    try:
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+    return out
+
+
+def default_corpus() -> list[str]:
+    """The tasks' prompts and answers the tokenizer is trained on."""
+    from agentrl.prompts import tokenizer_corpus
+
+    return list(tokenizer_corpus())
+
+
+def cache_root() -> Path:
+    """``$AGENTRL_CACHE``, else ``~/.cache/agentrl``."""
+    return Path(os.environ.get("AGENTRL_CACHE") or Path.home() / ".cache" / "agentrl")
+
+
+def tiny_version(corpus: list[str], spec: TinySpec | None = None, seed: int = 0) -> str:
+    """A name that changes whenever the build settings, the seed or the corpus change."""
+    spec = spec or TinySpec()
+    blob = json.dumps({"spec": asdict(spec), "seed": seed, "corpus": corpus}, sort_keys=True)
+    return f"v{spec.build_version}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def tiny_model_path(corpus_fn: Callable[[], Iterable[str]] | None = None) -> Path:
+    """The cached tiny model directory, built on first use.
+
+    The build goes to a temporary sibling directory that is renamed into place
+    when complete, so an interrupted or concurrent build never leaves a half model.
+    """
+    corpus = list((corpus_fn or default_corpus)())
+    final = cache_root() / f"tiny-vlm-{tiny_version(corpus)}"
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        build_tiny_vlm(tmp, corpus)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # not a lost race with another builder
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def make_tiny_model(out: str) -> int:
+    """CLI ``agentrl make-tiny-model OUT``: build the default tiny model into OUT."""
+    import time
+
+    from transformers import AutoConfig
+
+    start = time.perf_counter()
+    path = build_tiny_vlm(out, default_corpus())
+    seconds = time.perf_counter() - start
+    weights = path / "model.safetensors"
+    size_mb = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
+    config = AutoConfig.from_pretrained(path)
+    print(
+        f"tiny VLM ({config.model_type}, {size_mb:.1f} MB of weights, "
+        f"{TinySpec().num_image_tokens} image tokens) written to {path} in {seconds:.1f} s"
+    )
+    return 0

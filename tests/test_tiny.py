@@ -79,7 +79,11 @@ def test_processor_expands_image_token_and_pads_left(built):
 
 def test_chat_template_renders_chatml_with_image_and_generation_prompt(built):
     processor = AutoProcessor.from_pretrained(built)
-    messages = [*_messages("Pick."), {"role": "assistant", "content": "ok"}, {"role": "user", "content": "again"}]
+    messages = [
+        *_messages("Pick."),
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "again"},
+    ]
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert text == (
         "<|im_start|>system\nYou are a game agent.<|im_end|>\n"

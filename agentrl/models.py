@@ -1,0 +1,206 @@
+"""Loading a vision-language model and choosing what of it trains.
+
+Any local Hugging Face image-text-to-text checkpoint loads through
+``AutoProcessor`` + ``AutoModelForImageTextToText`` (LLaVA, LLaVA-NeXT,
+Qwen2-VL / 2.5-VL, Idefics3 / SmolVLM); ``model.path: tiny`` is the built-in
+offline model of :mod:`agentrl.tiny`. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from agentrl.config import ConfigError, LoraConfig, ModelConfig
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_REGEX_CHARS = set("\\^$.*+?()[]{}|")
+
+
+def resolve_model_path(path: str) -> Path:
+    """The checkpoint directory for ``model.path``: "tiny" builds (once) the offline tiny model."""
+    if path == "tiny":
+        from agentrl.tiny import tiny_model_path
+
+        return tiny_model_path()
+    local = Path(path).expanduser()
+    if not local.is_dir():
+        raise ConfigError(
+            f"model.path {path!r} is not a local directory; agentrl never downloads, so fetch the "
+            f"checkpoint first (huggingface-cli download REPO --local-dir DIR) and pass DIR, "
+            f"or use model.path=tiny"
+        )
+    return local
+
+
+def load_vlm(cfg: ModelConfig) -> tuple[Any, Any]:
+    """(model, processor) for ``cfg.path``, in ``cfg.dtype``, tokenizer left-padded with a pad token."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    path = resolve_model_path(cfg.path)
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path {cfg.path!r} has no loadable processor: {e}") from e
+    tokenizer = getattr(processor, "tokenizer", None)
+    if getattr(processor, "image_processor", None) is None or tokenizer is None:
+        # AutoProcessor quietly returns a bare tokenizer when it finds no processor class.
+        raise ConfigError(
+            f"model.path {cfg.path} is not a vision-language checkpoint (AutoProcessor gave "
+            f"{type(processor).__name__}, with no image processor and tokenizer); give a "
+            f"Hugging Face image-text-to-text checkpoint such as llava-hf/llava-1.5-7b-hf"
+        )
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            path,
+            dtype=DTYPES[cfg.dtype],
+            attn_implementation=cfg.attn_implementation,
+            local_files_only=True,
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path {cfg.path!r} does not load as an image-text-to-text model: {e}") from e
+    tokenizer.padding_side = "left"  # generation appends on the right
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, processor
+
+
+def apply_finetuning(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    """Make the right parameters trainable: PEFT LoRA adapters (``lora``) or every weight (``full``)."""
+    if cfg.gradient_checkpointing:
+        _enable_checkpointing(model)
+    if cfg.finetune == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed blocks need a grad-carrying input
+    peft_config = PeftLoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=lora_target_modules(model, cfg.lora),
+        bias="none",
+    )
+    with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecated
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        return get_peft_model(model, peft_config)
+
+
+def _enable_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing (renamed from gradient checkpointing in transformers 5.x)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def lora_target_modules(model: nn.Module, lora: LoraConfig) -> list[str]:
+    """Full names of the modules LoRA adapts, resolved from ``lora.target_modules``.
+
+    "all-linear" takes every ``nn.Linear``; a comma list matches module names by
+    their last parts (``q_proj`` or ``self_attn.q_proj``); anything with regex
+    characters is matched against full names. Only the language model is searched
+    unless ``lora.vision_tower`` (then also the vision tower and projector);
+    the output head (``lm_head``) is never adapted.
+    """
+    scope = _lora_scope(model, lora.vision_tower)
+    spec = lora.target_modules.strip()
+    if spec == "all-linear":
+        names = [n for n, m in scope.items() if isinstance(m, nn.Linear)]
+    elif _REGEX_CHARS & set(spec):
+        try:
+            pattern = re.compile(spec)
+        except re.error as e:
+            raise ConfigError(f"model.lora.target_modules {spec!r} is not a valid regex: {e}") from None
+        names = [n for n in scope if pattern.fullmatch(n)]
+    else:
+        wanted = [w.strip() for w in spec.split(",") if w.strip()]
+        names = [n for n in scope if any(n == w or n.endswith("." + w) for w in wanted)]
+    if not names:
+        where = "language model, vision tower and projector" if lora.vision_tower else "language model"
+        example = next((n for n, m in scope.items() if isinstance(m, nn.Linear)), "?")
+        raise ConfigError(
+            f"model.lora.target_modules {spec!r} matches no module of the {where}; "
+            f"use all-linear, names such as q_proj,v_proj, or a regex over full names like {example!r}"
+        )
+    return names
+
+
+def _lora_scope(model: nn.Module, vision_tower: bool) -> dict[str, nn.Module]:
+    """{full name: module} LoRA may adapt: the language model, plus the rest (vision) if asked."""
+    head = model.get_output_embeddings()
+    modules = {n: m for n, m in model.named_modules() if n and m is not head}
+    if vision_tower:
+        return modules
+    decoder = model.get_decoder()
+    prefix = next((n for n, m in modules.items() if m is decoder), None)
+    if prefix is None:
+        raise ConfigError(
+            f"cannot find the language model inside {type(model).__name__} to adapt it alone; "
+            f"set model.lora.vision_tower=true or give model.lora.target_modules as a regex"
+        )
+    return {n: m for n, m in modules.items() if n.startswith(prefix + ".")}
+
+
+# ---------------------------------------------------------------- facts the policy needs
+
+
+def text_hidden_size(model: nn.Module) -> int:
+    """Width of the language model's last hidden state (what a value head reads)."""
+    config = getattr(model, "config", None)
+    if config is None:  # a PEFT wrapper without a config attribute
+        config = model.get_base_model().config
+    return int(config.get_text_config().hidden_size)
+
+
+def suppressed_token_ids(processor: Any) -> list[int]:
+    """Token ids a sampled answer must never contain: the image (and video) placeholders.
+
+    Re-forwarding a sequence with an extra placeholder fails ("Image features and
+    image tokens do not match"), so pass these to ``generate(suppress_tokens=...)``.
+    """
+    ids = [_placeholder_id(processor, kind) for kind in ("image", "video")]
+    if ids[0] is None:
+        raise ConfigError(
+            f"{type(processor).__name__} names no image token; is this a vision-language processor?"
+        )
+    return sorted({i for i in ids if i is not None})
+
+
+def image_token_count(processor: Any, width: int, height: int) -> int:
+    """Placeholder tokens one ``width`` x ``height`` image expands to (found by running the processor)."""
+    from PIL import Image
+
+    image_id = _placeholder_id(processor, "image")
+    if image_id is None:
+        raise ConfigError(
+            f"{type(processor).__name__} names no image token; is this a vision-language processor?"
+        )
+    token = processor.tokenizer.convert_ids_to_tokens(image_id)
+    batch = processor(text=[token], images=[Image.new("RGB", (width, height))], return_tensors="pt")
+    return int((batch["input_ids"] == image_id).sum())
+
+
+def _placeholder_id(processor: Any, kind: str) -> int | None:
+    """The id of the processor's ``kind`` ("image", "video") placeholder token, or None."""
+    tokenizer = processor.tokenizer
+    token_id = getattr(processor, f"{kind}_token_id", None)
+    token = getattr(processor, f"{kind}_token", None)
+    if token_id is None and isinstance(token, str):
+        token_id = tokenizer.convert_tokens_to_ids(token)
+    if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+        return token_id
+    return None

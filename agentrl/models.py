@@ -45,7 +45,7 @@ def load_vlm(cfg: ModelConfig) -> tuple[Any, Any]:
     path = resolve_model_path(cfg.path)
     try:
         processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:  # ImportError: e.g. Qwen2-VL's wants torchvision
         raise ConfigError(f"model.path {cfg.path!r} has no loadable processor: {e}") from e
     tokenizer = getattr(processor, "tokenizer", None)
     if getattr(processor, "image_processor", None) is None or tokenizer is None:

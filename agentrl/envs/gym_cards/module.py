@@ -1,0 +1,178 @@
+"""The gym_cards games as an :class:`~agentrl.envs.base.EnvModule`: a vector of auto-resetting envs.
+
+Seeding: ``reset(seed)`` seeds env ``i`` of split ``split`` with a 63-bit
+number drawn from ``numpy.random.SeedSequence(seed, spawn_key=(split_index, i))``,
+so each (seed, split, env) triple gets its own independent deal stream: seed 1
+does not replay seed 0 shifted by one env, and "eval" and "test" never replay
+"train". Later episodes continue each env's own random stream (auto-reset
+does not reseed), so a run is reproducible from ``seed`` alone.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Any, ClassVar
+
+import gymnasium
+import numpy as np
+
+from agentrl.config import ConfigError, EnvConfig
+from agentrl.envs import GYM_IDS
+from agentrl.envs.base import EnvModule, EnvObs, EnvStep, EpisodeStats
+
+SPLITS: dict[str, int] = {"train": 0, "eval": 1, "test": 2}
+"""Split name -> index in the seed's spawn key."""
+
+
+def env_seed(seed: int, split: str, index: int) -> int:
+    """The reset seed of env ``index`` for run ``seed`` and ``split`` (see the module docstring)."""
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    sequence = np.random.SeedSequence(seed, spawn_key=(SPLITS[split], index))
+    return int(sequence.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def make_env(gym_id: str, options: dict[str, Any], max_episode_steps: int | None) -> gymnasium.Env:
+    """One game; a module-level function so worker processes can unpickle it."""
+    import agentrl.envs  # noqa: F401  (registers the ids in a fresh worker process)
+
+    return gymnasium.make(gym_id, max_episode_steps=max_episode_steps, **options)
+
+
+def _check_options(gym_id: str, options: dict[str, Any]) -> None:
+    """Fail in this process, naming the key, before workers start."""
+    env_cls = gymnasium.spec(gym_id).entry_point
+    if isinstance(env_cls, str):
+        module, _, name = env_cls.partition(":")
+        env_cls = getattr(__import__(module, fromlist=[name]), name)
+    accepted = [p for p in inspect.signature(env_cls).parameters if p != "render_mode"]
+    for key in options:
+        if key not in accepted:
+            raise ConfigError(
+                f"env.options.{key}: {gym_id} has no option {key!r}; it accepts {', '.join(accepted)}"
+            )
+
+
+def _py(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _unbatch(infos: dict[str, Any], i: int) -> dict[str, Any]:
+    """Env ``i``'s own info dict out of gymnasium's batched one."""
+    out = {}
+    for key, values in infos.items():
+        if key.startswith("_") or key in ("final_obs", "final_info"):
+            continue
+        if infos.get(f"_{key}", np.ones(i + 1, bool))[i]:
+            out[key] = _py(values[i])
+    return out
+
+
+class GymCardsModule(EnvModule):
+    """``cfg.num_envs`` copies of one gym_cards game, stepped with action strings."""
+
+    family: ClassVar[str] = "gym_cards"
+    game: ClassVar[str]
+    """Key in :data:`agentrl.envs.GYM_IDS` and the EnvObs env_id."""
+
+    def __init__(self, cfg: EnvConfig, split: str = "train") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
+        if cfg.image not in ("auto", "none"):
+            raise ConfigError(f"env.image={cfg.image!r} is not available for {self.game}; use auto or none")
+        gym_id = GYM_IDS[self.game]
+        options = dict(cfg.options)
+        _check_options(gym_id, options)
+        self.split = split
+        self.num_envs = cfg.num_envs
+        self.with_image = cfg.image == "auto"
+        fns = [partial(make_env, gym_id, options, cfg.max_episode_steps) for _ in range(cfg.num_envs)]
+        mode = gymnasium.vector.AutoresetMode.SAME_STEP
+        if cfg.vector == "async":
+            self.envs = gymnasium.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=mode)
+        else:
+            self.envs = gymnasium.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+        self.action_names: list[str] = list(self.envs.get_attr("action_names")[0])
+        self._index = {name: i for i, name in enumerate(self.action_names)}
+        self._returns = np.zeros(self.num_envs)
+        self._lengths = np.zeros(self.num_envs, dtype=int)
+        self._started = False
+
+    def reset(self, seed: int) -> list[EnvObs]:
+        seeds = [env_seed(seed, self.split, i) for i in range(self.num_envs)]
+        obs, infos = self.envs.reset(seed=seeds)
+        self._returns[:] = 0
+        self._lengths[:] = 0
+        self._started = True
+        return [self._obs(obs[i], _unbatch(infos, i)) for i in range(self.num_envs)]
+
+    def step(self, actions: list[str]) -> EnvStep:
+        if not self._started:
+            raise RuntimeError("call reset(seed) before step()")
+        if len(actions) != self.num_envs:
+            raise ValueError(f"got {len(actions)} actions for {self.num_envs} envs; pass one per env")
+        for action in actions:
+            if action not in self._index:
+                raise ValueError(f"action {action!r} is not one of {self.action_names} ({self.game})")
+        obs, reward, terminated, truncated, infos = self.envs.step(
+            np.array([self._index[a] for a in actions])
+        )
+        self._returns += reward
+        self._lengths += 1
+        final_obs: list[EnvObs | None] = [None] * self.num_envs
+        episodes: list[EpisodeStats | None] = [None] * self.num_envs
+        for i in np.flatnonzero(terminated | truncated):
+            final_obs[i] = self._obs(infos["final_obs"][i], _unbatch(infos["final_info"], i))
+            ret = float(self._returns[i])
+            episodes[i] = EpisodeStats(ret=ret, length=int(self._lengths[i]), success=ret > 0)
+            self._returns[i] = 0
+            self._lengths[i] = 0
+        return EnvStep(
+            obs=[self._obs(obs[i], _unbatch(infos, i)) for i in range(self.num_envs)],
+            reward=np.asarray(reward, dtype=np.float32),
+            terminated=np.asarray(terminated, dtype=bool),
+            truncated=np.asarray(truncated, dtype=bool),
+            final_obs=final_obs,
+            episodes=episodes,
+        )
+
+    def expert_fields(self) -> list[dict[str, Any]]:
+        return list(self.envs.call("expert_fields"))
+
+    def close(self) -> None:
+        self.envs.close()
+
+    def _obs(self, image: np.ndarray, info: dict[str, Any]) -> EnvObs:
+        extra = {k: v for k, v in info.items() if k not in ("text", "legal_actions")}
+        return EnvObs(
+            image=image if self.with_image else None,
+            text=info["text"],
+            legal_actions=list(info["legal_actions"]),
+            env_id=self.game,
+            extra=extra,
+        )
+
+
+class NumberLineModule(GymCardsModule):
+    """NumberLine: reach the target with "-" / "+"."""
+
+    game = "numberline"
+
+
+class EZPointsModule(GymCardsModule):
+    """EZPoints: two cards to 12 with "+" / "*"."""
+
+    game = "ezpoints"
+
+
+class Points24Module(GymCardsModule):
+    """Points24: four cards to 24 with + - * / and parentheses."""
+
+    game = "points24"
+
+
+class BlackjackModule(GymCardsModule):
+    """Blackjack: hit or stand."""
+
+    game = "blackjack"

@@ -146,7 +146,7 @@ def numberline_image(target: int, current: int, size: int = BASE) -> np.ndarray:
     img, k = _canvas(size, WHITE)
     for row, (label, value) in enumerate((("Target:", target), ("Current:", current))):
         top = (28 + row * 100) * k
-        draw_text(img, (8 * k, top + 8 * k, 130 * k, top + 62 * k), label, BLACK, align="left", line=True)
+        draw_text(img, (6 * k, top + 8 * k, 124 * k, top + 62 * k), label, BLACK, align="left", line=True)
         draw_text(img, (140 * k, top, 216 * k, top + 64 * k), str(value), BLACK)
     return to_array(img)
 

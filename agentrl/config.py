@@ -226,8 +226,6 @@ class TrainerConfig:
     """Checkpoint dir (or run dir: its latest checkpoint) to continue from."""
     num_threads: int | None = None
     """torch CPU threads; None uses 1 per process when several share the CPU, else torch's default."""
-    eval_episodes: int = 0
-    """Held-out episodes to evaluate at the end of fit; 0 skips."""
     success_window: int = 200
     """Training success rate is over the last N episodes (the paper's metric)."""
 

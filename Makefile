@@ -1,0 +1,34 @@
+# Fresh-machine entry points: `make demo` (a short CPU training run) and `make test`.
+# Each creates .venv on first use. torch is installed first and pinned, so a machine
+# without CUDA gets the CPU build; GPU users: see "Install on a GPU machine" in README.md.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+EXTRAS ?= dev,alfworld
+STAMP  := $(VENV)/.installed-$(EXTRAS)
+
+.PHONY: setup demo test test-all lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/agentrl fit -c conf/numberline.yaml trainer.max_updates=6 trainer.out_dir=runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu"
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check agentrl tests tools
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
+.PHONY: test-fast

@@ -1,0 +1,159 @@
+"""Checkpoints: written to a temp dir then renamed, so a half-written one is never taken for good.
+
+Layout of ``<out_dir>/checkpoints/update_000010/``:
+  trainable.pt      every trainable parameter (LoRA or full) + the value head
+  trainer_state.pt  optimizer, scheduler, update counter, RNG states, rollout state
+  adapter/ | model/ the policy in Hugging Face format (model.path / policy.init_from accept it)
+  config.yaml       the resolved config
+  meta.json         git SHA, command line, time, agentrl version
+``<out_dir>/checkpoints/latest`` names the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrl.config import ConfigError
+
+FORMAT_VERSION = 1
+"""Bumped when the checkpoint layout changes; loading another version fails clearly."""
+
+
+def git_sha() -> str:
+    """The source tree's commit (with -dirty when modified), or "unknown" outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_meta(argv: list[str]) -> dict[str, Any]:
+    from agentrl import __version__
+
+    return {"git_sha": git_sha(), "argv": argv, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "agentrl_version": __version__, "format_version": FORMAT_VERSION}
+
+
+def trainable_state(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every parameter that trains (adapters or all weights, and the value head), on CPU."""
+    return {n: p.detach().cpu().clone() for n, p in policy.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    ckpt_dir: Path,
+    *,
+    policy: Any,
+    trainer_state: dict[str, Any],
+    config_yaml: str,
+    meta: dict[str, Any],
+    export: bool = True,
+) -> Path:
+    """Write ``ckpt_dir`` atomically and point ``latest`` at it. Returns ``ckpt_dir``.
+
+    On any error (disk full, ...) the temp dir is removed and the previous
+    checkpoint is left as it was; the error says so.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir.parent / f".tmp-{ckpt_dir.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        torch.save(trainable_state(policy), tmp / "trainable.pt")
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+        if export:
+            export_hf(policy, tmp)
+        (tmp / "config.yaml").write_text(config_yaml)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if ckpt_dir.exists():
+            shutil.rmtree(ckpt_dir)
+        os.replace(tmp, ckpt_dir)
+        _write_atomic(ckpt_dir.parent / "latest", ckpt_dir.name)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        prev = latest_checkpoint(ckpt_dir.parent)
+        kept = f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint exists"
+        raise OSError(f"could not write checkpoint {ckpt_dir} ({e}); {kept}") from e
+    return ckpt_dir
+
+
+def export_hf(policy: Any, out: Path) -> None:
+    """The policy in Hugging Face format: ``adapter/`` (PEFT) or ``model/`` (full weights + processor)."""
+    model = policy.model
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(out / "adapter")
+    else:
+        model.save_pretrained(out / "model")
+        policy.processor.save_pretrained(out / "model")
+    torch.save(policy.value_head.state_dict(), out / "value_head.pt")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def latest_checkpoint(ckpts: Path) -> Path | None:
+    """The checkpoint ``ckpts/latest`` names, if it is complete."""
+    pointer = Path(ckpts) / "latest"
+    if not pointer.is_file():
+        return None
+    path = Path(ckpts) / pointer.read_text().strip()
+    return path if (path / "trainer_state.pt").is_file() else None
+
+
+def resolve_resume(path: str) -> Path:
+    """A checkpoint dir, or a run dir whose newest complete checkpoint is used."""
+    p = Path(path).expanduser()
+    if (p / "trainer_state.pt").is_file():
+        return p
+    for candidate in (p / "checkpoints", p):
+        found = latest_checkpoint(candidate)
+        if found is not None:
+            return found
+    raise ConfigError(
+        f"trainer.resume={path!r}: no complete checkpoint there (expected trainer_state.pt, or a run dir "
+        f"with checkpoints/latest)"
+    )
+
+
+def load_trainable(policy: torch.nn.Module, ckpt: Path) -> None:
+    """Load trainable.pt into ``policy``; every trainable parameter must be present with its shape."""
+    state = torch.load(Path(ckpt) / "trainable.pt", map_location="cpu", weights_only=True)
+    params = dict(policy.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    missing, unexpected = expected - set(state), set(state) - set(params)
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint {ckpt} does not fit this config ({len(missing)} trainable parameters missing, "
+            f"{len(unexpected)} unknown; e.g. {sorted(missing | unexpected)[:2]}): it was made with a different "
+            f"model.path, model.finetune, LoRA or value-head setting; use that checkpoint's config.yaml"
+        )
+    with torch.no_grad():
+        for name, tensor in state.items():
+            if params[name].shape != tensor.shape:
+                raise ConfigError(f"checkpoint {ckpt}: {name} has shape {tuple(tensor.shape)}, "
+                                  f"this config builds {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+
+
+def load_trainer_state(ckpt: Path) -> dict[str, Any]:
+    state = torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False)
+    version = state.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ConfigError(f"checkpoint {ckpt} has format version {version}; this agentrl reads {FORMAT_VERSION}")
+    return state

@@ -1,0 +1,137 @@
+"""The `agentrl` command: fit, eval, sft, sweep, play, make-tiny-model, alfworld-gen.
+
+Config errors exit with status 2 and one line naming the dotted key and where
+it came from; engines import lazily so `--help` and config checks are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from agentrl.config import ConfigError, describe_keys, load_config, to_yaml
+
+
+def _keys_epilog() -> str:
+    rows = describe_keys()
+    width = max(len(k) for k, _, _ in rows)
+    lines = ["config keys (set in YAML or as dotted overrides, e.g. ppo.clip=0.2 prompt.cot=false):"]
+    for key, default, doc in rows:
+        lines.append(f"  {key:<{width}}  {doc} [default: {default}]")
+    return "\n".join(lines)
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--config", help="YAML config (may name 'base: other.yaml')")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, applied last")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    root = argparse.ArgumentParser(prog="agentrl", description="Fine-tune VLMs as decision-making agents with PPO.")
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    epilog = _keys_epilog()
+
+    p = sub.add_parser("fit", help="train with PPO", formatter_class=fmt, epilog=epilog,
+                       description="Collect on-policy rollouts and update the VLM and value head with PPO.")
+    _add_config_args(p)
+
+    p = sub.add_parser("eval", help="held-out evaluation of a checkpoint", formatter_class=fmt, epilog=epilog)
+    _add_config_args(p)
+    p.add_argument("--checkpoint", help="checkpoint dir written by fit or sft")
+    p.add_argument("--episodes", type=int, default=100, help="held-out episodes to run")
+
+    p = sub.add_parser("sft", help="supervised warm start from expert data", formatter_class=fmt, epilog=epilog)
+    _add_config_args(p)
+
+    p = sub.add_parser("sweep", help="run a grid of overrides over seeds", formatter_class=fmt, epilog=epilog)
+    _add_config_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="key=v1,v2", help="values to sweep")
+    p.add_argument("--seeds", default="0", help="comma list of seeds")
+
+    p = sub.add_parser("play", help="play a game by hand in the terminal")
+    p.add_argument("game", help="numberline, ezpoints, points24 or blackjack")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--option", action="append", default=[], metavar="key=value", help="game option")
+
+    p = sub.add_parser("make-tiny-model", help="build the tiny offline VLM into a directory")
+    p.add_argument("out", help="directory to write (a Hugging Face checkpoint)")
+
+    p = sub.add_parser("alfworld-gen", help="author ALFWorld games offline")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--per-type", type=int, default=10, help="games per task type and split")
+    p.add_argument("--seed", type=int, default=0)
+    return root
+
+
+def _parse_value(text: str) -> object:
+    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.from_dotlist([f"v={text}"]).v
+
+
+def _not_built(name: str, issue: int) -> int:
+    print(f"agentrl {name}: this command's engine is not built yet (tracked in issue #{issue}); nothing was run.",
+          file=sys.stderr)
+    return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "play":
+        from agentrl.play import run_play
+
+        options = {}
+        for item in args.option:
+            if "=" not in item:
+                raise ConfigError(f"--option {item!r} is not key=value (for example max_position=8)")
+            key, value = item.split("=", 1)
+            options[key] = _parse_value(value)
+        return run_play(args.game, args.seed, options)
+    if args.command == "make-tiny-model":
+        from agentrl.tiny import make_tiny_model
+
+        return make_tiny_model(args.out)
+    if args.command == "alfworld-gen":
+        try:
+            from agentrl.envs.alfworld.gen import main as gen_main
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"alfworld-gen needs the ALFWorld engine: pip install 'agentrl[alfworld]' ({e})") from None
+        return gen_main(args.out, args.per_type, args.seed)
+
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    commands: dict[str, Callable[[], int]] = {
+        "fit": lambda: _fit(cfg, args),
+        "eval": lambda: _not_built("eval", 6),
+        "sft": lambda: _not_built("sft", 6),
+        "sweep": lambda: _not_built("sweep", 6),
+    }
+    return commands[args.command]()
+
+
+def _fit(cfg, args: argparse.Namespace) -> int:
+    from agentrl.fit import fit
+
+    fit(cfg, argv=sys.argv)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as e:
+        print(f"agentrl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("agentrl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

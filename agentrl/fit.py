@@ -1,0 +1,250 @@
+"""`agentrl fit`: PPO on a VLM with Lightning Fabric.
+
+The loop, per update: 1. collect rollouts, 2. score them (inside collect),
+3. advantages, 4. PPO epochs, 5. log and checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric import Fabric
+from lightning.fabric.loggers import TensorBoardLogger
+
+from agentrl import ppo
+from agentrl.checkpoint import (
+    load_trainable,
+    load_trainer_state,
+    resolve_resume,
+    run_meta,
+    save_checkpoint,
+)
+from agentrl.config import Config, ConfigError, to_yaml
+from agentrl.models import apply_finetuning, load_vlm
+from agentrl.policy import PolicyModule
+from agentrl.registry import ENVS, FAMILY_DEFAULTS, PARSERS, TEMPLATES, resolve
+from agentrl.report import Reporter
+from agentrl.rollout import Rollout, RolloutDataModule
+
+
+def build(cfg: Config, split: str = "train", rank: int = 0) -> tuple[PolicyModule, RolloutDataModule]:
+    """Model, policy, envs, template and parser from the config, connected."""
+    env_cls = resolve("env", "env.name", cfg.env.name, ENVS)
+    family = getattr(env_cls, "family", "gym_cards")
+    tmpl_name, parser_name = FAMILY_DEFAULTS.get(family, ("gym_cards", "json"))
+    template_cls = resolve("template", "prompt.template",
+                           tmpl_name if cfg.prompt.template == "auto" else cfg.prompt.template, TEMPLATES)
+    parser_cls = resolve("parser", "parser.name", parser_name if cfg.parser.name == "auto" else cfg.parser.name,
+                         PARSERS)
+    if cfg.policy.kl_coef and cfg.model.finetune != "lora":
+        raise ConfigError("policy.kl_coef > 0 needs model.finetune=lora (the reference policy is the base "
+                          "model with adapters disabled)")
+    model, processor = load_vlm(cfg.model)
+    model = apply_finetuning(model, cfg.model)
+    policy = PolicyModule(
+        model, processor, thought_coef=cfg.policy.thought_coef, value_hidden=list(cfg.policy.value_hidden),
+        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
+        image_size=cfg.model.image_size,
+    )
+    if cfg.policy.init_from:
+        load_trainable(policy, resolve_resume(cfg.policy.init_from))
+    envs = env_cls(cfg.env, split=split)
+    data = RolloutDataModule(
+        cfg.steps_per_env, seed=cfg.seed + 100_003 * rank, cot=cfg.prompt.cot,
+        failure_penalty=cfg.parser.failure_penalty, score_batch_size=cfg.ppo.micro_batch_size,
+        kl_coef=cfg.policy.kl_coef,
+    )
+    data.connect(policy, envs, template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state), parser_cls())
+    return policy, data
+
+
+def set_threads(num_threads: int | None, world_size: int) -> None:
+    """One thread per process when several share the CPU (2 threads on a busy core ran 100x slower)."""
+    if num_threads is None and world_size > 1:
+        num_threads = 1
+    if num_threads:
+        torch.set_num_threads(num_threads)
+
+
+def fit(cfg: Config, argv: list[str] | None = None) -> dict[str, float]:
+    """Train; returns the final metrics. Writes events, checkpoints and the resolved config to out_dir."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
+    t = cfg.trainer
+    out_dir = Path(t.out_dir)
+    logger = TensorBoardLogger(root_dir=str(out_dir), name="tensorboard", version="")
+    fabric = Fabric(accelerator=t.accelerator, devices=t.devices, strategy=t.strategy, precision=t.precision,
+                    loggers=logger)
+    fabric.launch()
+    set_threads(t.num_threads, fabric.world_size)
+    fabric.seed_everything(cfg.seed, verbose=False)  # identical initial weights on every rank
+    config_yaml, meta = to_yaml(cfg), run_meta(list(argv or sys.argv))
+    if fabric.is_global_zero:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.yaml").write_text(config_yaml)
+        (out_dir / "command.txt").write_text(" ".join(meta["argv"]) + f"\n# git {meta['git_sha']}\n")
+
+    policy, data = build(cfg, rank=fabric.global_rank)
+    value_params = list(policy.value_head.parameters())
+    model_params = [p for p in policy.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam([
+        {"params": model_params, "lr": cfg.ppo.lr},
+        {"params": value_params, "lr": cfg.ppo.value_lr or cfg.ppo.lr},
+    ])
+    n_samples = cfg.rollout.steps_per_update
+    steps_per_update = cfg.ppo.epochs * math.ceil(n_samples / cfg.ppo.minibatch_size)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=max(1, t.max_updates * steps_per_update), eta_min=cfg.ppo.min_lr)
+    policy_f, optimizer = fabric.setup(policy, optimizer)
+    policy.value_head.float()  # the critic stays float32 under bf16-true
+    shuffle = torch.Generator().manual_seed(cfg.seed + fabric.global_rank)
+    torch.manual_seed(cfg.seed + 7919 * fabric.global_rank)  # per-rank sampling stream
+
+    window: deque[bool] = deque(maxlen=t.success_window)
+    counters = {"env_steps": 0, "episodes": 0}
+    start = 0
+    if t.resume:
+        ckpt = resolve_resume(t.resume)
+        load_trainable(policy, ckpt)
+        state = load_trainer_state(ckpt)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        shuffle.set_state(state["shuffle_rng"])
+        data.load_state_dict(state["data"], update=state["update"])
+        window.extend(state["window"])
+        counters.update(state["counters"])
+        start = state["update"]
+        fabric.print(f"resumed from {ckpt} at update {start}")
+
+    reporter = Reporter(fabric, logger, total=t.max_updates, start=start)
+    metrics: dict[str, float] = {}
+    last_ckpt: Path | None = None
+    for update in range(start, t.max_updates):
+        t0 = time.perf_counter()
+        # 1-2. collect on-policy rollouts and score them (old log-probs and values, one batched pass)
+        with fabric.autocast():
+            rollout = data.collect()
+        t_collect = time.perf_counter() - t0
+
+        # 3. advantages, whitened with statistics over every rank
+        adv, ret = rollout.advantages_and_returns(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+        if cfg.ppo.normalize_advantages:
+            adv = whiten_global(fabric, adv)
+        rollout.advantages, rollout.returns = adv, ret
+
+        # 4. PPO epochs over shuffled minibatches, gradients accumulated over micro-batches
+        t1 = time.perf_counter()
+        losses = ppo_update(fabric, policy, policy_f, optimizer, scheduler, data, rollout, cfg, shuffle)
+        t_update = time.perf_counter() - t1
+
+        # 5. log and checkpoint
+        window.extend(e.success for e in rollout.episodes)
+        counters["env_steps"] += rollout.size * fabric.world_size
+        counters["episodes"] += len(rollout.episodes)
+        metrics = update_metrics(fabric, rollout, losses, window, t_collect, t_update)
+        metrics["lr"] = scheduler.get_last_lr()[0]
+        reporter.update(update + 1, metrics, rollout, counters, every=t.log_every, image_every=t.image_log_every)
+        done = update + 1 == t.max_updates
+        if done or (t.checkpoint_every and (update + 1) % t.checkpoint_every == 0):
+            state = {"format_version": 1, "update": update + 1, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                     "shuffle_rng": shuffle.get_state(), "data": data.state_dict(), "window": list(window),
+                     "counters": dict(counters)}
+            if fabric.is_global_zero:
+                last_ckpt = save_checkpoint(out_dir / "checkpoints" / f"update_{update + 1:06d}", policy=policy,
+                                            trainer_state=state, config_yaml=config_yaml, meta=meta)
+            fabric.barrier()
+    data.envs.close()
+    reporter.finish(metrics, counters, out_dir, last_ckpt)
+    logger.finalize("success")
+    return metrics
+
+
+def whiten_global(fabric: Fabric, x: torch.Tensor) -> torch.Tensor:
+    """Whiten with mean and variance over every rank's samples (one all-reduce each)."""
+    count = fabric.all_reduce(torch.tensor(float(x.numel())), reduce_op="sum")
+    mean = fabric.all_reduce(x.sum(), reduce_op="sum") / count
+    var = fabric.all_reduce(((x - mean) ** 2).sum(), reduce_op="sum") / count
+    return ppo.whiten(x, mean, var)
+
+
+def ppo_update(fabric: Fabric, policy: PolicyModule, policy_f: Any, optimizer: Any, scheduler: Any,
+               data: RolloutDataModule, rollout: Rollout, cfg: Config, shuffle: torch.Generator) -> dict[str, float]:
+    """``ppo.epochs`` passes over the rollout; returns mean loss terms."""
+    p = cfg.ppo
+    sums: dict[str, float] = {}
+    n_steps = skipped = 0
+    old_logp, old_values = rollout.logp, rollout.values
+    for _epoch in range(p.epochs):
+        kls = []
+        for mb in data.minibatches(rollout.size, p.minibatch_size, shuffle):
+            micro = mb.split(p.micro_batch_size)
+            for j, idx in enumerate(micro):
+                ix = idx.tolist()
+                inputs = policy.collate_train([rollout.prompts[i] for i in ix], [rollout.gen_ids[i] for i in ix],
+                                              [rollout.weights[i] for i in ix])
+                with fabric.no_backward_sync(policy_f, enabled=j < len(micro) - 1):
+                    token_logp, values, entropy = policy_f(inputs, with_entropy=cfg.policy.entropy_coef > 0)
+                    dev = values.device
+                    logp = ppo.weighted_logprob(token_logp.float(), inputs.weights.to(dev))
+                    terms = ppo.ppo_losses(
+                        logp, old_logp[idx].to(dev), rollout.advantages[idx].to(dev), values.float(),
+                        old_values[idx].to(dev), rollout.returns[idx].to(dev), entropy.float(),
+                        clip=p.clip, value_clip=p.value_clip, vf_coef=p.vf_coef,
+                        entropy_coef=cfg.policy.entropy_coef, scale=1.0 / len(mb),
+                    )
+                    fabric.backward(terms.total)
+                for name in ("policy", "value", "entropy", "approx_kl", "clipfrac"):
+                    sums[name] = sums.get(name, 0.0) + getattr(terms, name).detach() * len(ix)
+            grad_norm = fabric.clip_gradients(policy_f, optimizer, max_norm=p.max_grad_norm, error_if_nonfinite=False)
+            if torch.isfinite(grad_norm):  # device sync, once per optimizer step
+                optimizer.step()
+            else:
+                skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            n_steps += 1
+            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(mb)
+            kls.append(float(terms.approx_kl))
+        if p.target_kl is not None and sum(kls) / max(1, len(kls)) > p.target_kl:
+            break
+    n = rollout.size * (_epoch + 1)
+    out = {k: float(v) / n for k, v in sums.items()}
+    out["explained_variance"] = ppo.explained_variance(rollout.values, rollout.returns)
+    out["skipped_steps"] = float(skipped)
+    out["optimizer_steps"] = float(n_steps)
+    return out
+
+
+def update_metrics(fabric: Fabric, rollout: Rollout, losses: dict[str, float], window: deque,
+                   t_collect: float, t_update: float) -> dict[str, float]:
+    """The documented TensorBoard scalars, averaged over ranks."""
+    eps = rollout.episodes
+    m = {
+        "charts/success_rate": sum(window) / len(window) if window else float("nan"),
+        "charts/episode_return": sum(e.ret for e in eps) / len(eps) if eps else float("nan"),
+        "charts/episode_length": sum(e.length for e in eps) / len(eps) if eps else float("nan"),
+        "charts/episodes": float(len(eps)),
+        "charts/reward_mean": float(rollout.rewards.mean()),
+        "parse/failure_rate": rollout.parse_failures / rollout.size,
+        "perf/env_steps_per_s": rollout.size / t_collect,
+        "perf/tokens_per_s": rollout.gen_tokens / max(rollout.timings["generate"], 1e-9),
+        "perf/generate_s": rollout.timings["generate"],
+        "perf/env_s": rollout.timings["env"],
+        "perf/score_s": rollout.timings["score"],
+        "perf/update_s": t_update,
+    }
+    m.update({f"losses/{k}": v for k, v in losses.items()})
+    if fabric.world_size > 1:
+        keys = sorted(m)
+        vals = fabric.all_reduce(torch.tensor([m[k] for k in keys], dtype=torch.float64), reduce_op="mean")
+        m = dict(zip(keys, vals.tolist()))
+    return m

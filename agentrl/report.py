@@ -1,0 +1,88 @@
+"""What a run shows: TensorBoard scalars and sample images, a rich progress bar, a closing table.
+
+TensorBoard tags (also in the README's metrics table):
+  charts/success_rate   share of successful episodes among the last trainer.success_window (training-time,
+                        the paper's metric)
+  charts/episode_return mean undiscounted return of episodes that ended this update
+  losses/*              PPO terms averaged over the update (policy, value, entropy, approx_kl, clipfrac,
+                        explained_variance, grad_norm)
+  parse/failure_rate    share of answers that named no legal action
+  perf/*                env_steps_per_s, tokens_per_s (generation), seconds per phase
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from agentrl.rollout import Rollout
+
+
+class Reporter:
+    """Rank-zero display and logging of a fit run."""
+
+    def __init__(self, fabric: Any, logger: Any, total: int, start: int = 0) -> None:
+        self.fabric, self.logger = fabric, logger
+        self.console = Console(stderr=True)
+        self.enabled = fabric.is_global_zero
+        self.progress = Progress(
+            TextColumn("[bold]PPO"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(), console=self.console, disable=not self.enabled,
+        )
+        self.task = self.progress.add_task("fit", total=total, completed=start, status="collecting")
+        self.progress.start()
+
+    def update(self, step: int, metrics: dict[str, float], rollout: Rollout, counters: dict[str, int],
+               every: int, image_every: int) -> None:
+        if not self.enabled:
+            return
+        status = (f"success {_pct(metrics['charts/success_rate'])}  return {_num(metrics['charts/episode_return'])}"
+                  f"  parse-fail {_pct(metrics['parse/failure_rate'])}")
+        self.progress.update(self.task, completed=step, status=status)
+        self.progress.console.log(
+            f"update {step}: {status}  policy {metrics['losses/policy']:+.4f}  value {metrics['losses/value']:.4f}"
+            f"  kl {metrics['losses/approx_kl']:.4f}  {metrics['perf/env_steps_per_s']:.1f} steps/s"
+        )
+        if every and step % every == 0:
+            scalars = {k: v for k, v in metrics.items() if not math.isnan(v)}
+            scalars.update({"charts/env_steps": counters["env_steps"], "charts/total_episodes": counters["episodes"]})
+            self.logger.log_metrics(scalars, step=step)
+        if image_every and step % image_every == 0:
+            writer = self.logger.experiment
+            for k, (obs, text) in enumerate(rollout.samples_for_log):
+                if obs.image is not None:
+                    writer.add_image(f"samples/{k}", obs.image, step, dataformats="HWC")
+                writer.add_text(f"samples/{k}", f"    state: {obs.text}\n\n    answer: {text}", step)
+
+    def finish(self, metrics: dict[str, float], counters: dict[str, int], out_dir: Path,
+               checkpoint: Path | None) -> None:
+        if not self.enabled:
+            return
+        self.progress.stop()
+        table = Table(title="agentrl fit: summary", show_header=False)
+        rows = [
+            ("env steps", str(counters["env_steps"])),
+            ("episodes", str(counters["episodes"])),
+            ("success rate (training window)", _pct(metrics.get("charts/success_rate", float("nan")))),
+            ("mean episode return (last update)", _num(metrics.get("charts/episode_return", float("nan")))),
+            ("parse failure rate (last update)", _pct(metrics.get("parse/failure_rate", float("nan")))),
+            ("env steps / s (last update)", _num(metrics.get("perf/env_steps_per_s", float("nan")))),
+            ("TensorBoard", f"tensorboard --logdir {out_dir / 'tensorboard'}"),
+            ("checkpoint", str(checkpoint) if checkpoint else "-"),
+        ]
+        for k, v in rows:
+            table.add_row(k, v)
+        self.console.print(table)
+
+
+def _pct(x: float) -> str:
+    return "-" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _num(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f}"

@@ -1,0 +1,59 @@
+"""The real ALFWorld text engine (TextWorld PDDL + alfworld's wrappers), one game at a time."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from agentrl.envs.alfworld.expert import ExpertTracker, apply_expert_fix
+
+# The expert gives up (raises inside the env) after this many steps.
+EXPERT_MAX_STEPS = 200
+
+
+@cache
+def domain_and_grammar() -> tuple[str, str]:
+    """The PDDL domain and the text grammar shipped in the alfworld package."""
+    import alfworld.info as info
+
+    return Path(info.ALFRED_PDDL_PATH).read_text(), Path(info.ALFRED_TWL2_PATH).read_text()
+
+
+def start_engine(gamefile: str) -> Any:
+    """A TextWorld PDDL env on ``gamefile``, with alfworld's name demangler and infos."""
+    import textworld
+    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
+
+    infos = textworld.EnvInfos(won=True, admissible_commands=True, facts=True, feedback=True, extras=["gamefile"])
+    return textworld.start(gamefile, infos, wrappers=[AlfredDemangler(shuffle=False), AlfredInfos])
+
+
+def read_traj(gamefile: str | Path) -> dict[str, Any]:
+    """The ``traj_data.json`` next to a game file."""
+    return json.loads((Path(gamefile).parent / "traj_data.json").read_text())
+
+
+def expert_walkthrough(gamefile: str, seed: int, max_steps: int = 150) -> list[str] | None:
+    """Play the fixed expert on ``gamefile``; its commands if it wins within ``max_steps``, else None.
+
+    Runs fast-downward in this process: call it in a child process for untrusted
+    problems (a bad problem can exit the whole process).
+    """
+    apply_expert_fix()
+    try:
+        env = start_engine(gamefile)
+        state = env.reset()
+        expert = ExpertTracker(EXPERT_MAX_STEPS)
+        expert.reset(gamefile, state, seed)
+        commands: list[str] = []
+        while not state["won"] and len(commands) < max_steps and not expert.failed:
+            command = expert.action
+            state, _, _ = env.step(command)
+            commands.append(command)
+            expert.update(state, command)
+        env.close()
+    except (Exception, SystemExit):  # fast-downward raises SystemExit on a bad problem: not kept
+        return None
+    return commands if state["won"] else None

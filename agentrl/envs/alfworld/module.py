@@ -1,0 +1,184 @@
+"""AlfworldModule: N ALFWorld text games on the real engine, behind the EnvModule contract.
+
+Games come from ``env.data_path``, else ``$ALFWORLD_DATA/json_2.1.1/{train,valid_unseen}``,
+else the offline set this package generates on first use. ``env.vector=async``
+runs each game in its own worker process.
+
+``env.options`` keys (all optional):
+
+- ``won_reward`` (50.0): reward on the step that wins.
+- ``goal_condition_reward`` (1.0): weight of the goal-condition term.
+- ``goal_condition_mode`` ("rate"): "rate" adds the current share of goal
+  conditions met every step (the reference); "delta" adds only its change.
+- ``image_size`` (224): side of the drawn scene image in pixels.
+- ``task_types`` (all): short names to keep (pick, look, clean, heat, cool, pick2).
+- ``start_method`` ("spawn"): how async workers start (spawn, forkserver, fork).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from agentrl.config import ConfigError, EnvConfig
+from agentrl.envs.alfworld.engine import EXPERT_MAX_STEPS
+from agentrl.envs.alfworld.game import AlfworldGame, GameSettings
+from agentrl.envs.alfworld.state import SHORT_NAMES
+from agentrl.envs.base import EnvModule, EnvObs, EnvStep
+
+DEFAULT_MAX_STEPS = 50
+OPTIONS: dict[str, Any] = {
+    "won_reward": 50.0,
+    "goal_condition_reward": 1.0,
+    "goal_condition_mode": "rate",
+    "image_size": 224,
+    "task_types": list(SHORT_NAMES.values()),
+    "start_method": "spawn",
+}
+_OFFICIAL_SPLIT = {"train": "train", "eval": "valid_unseen"}
+
+
+class AlfworldModule(EnvModule):
+    """``cfg.num_envs`` ALFWorld games (TextWorld PDDL engine), auto-resetting."""
+
+    family: ClassVar[str] = "alfworld"
+
+    def __init__(self, cfg: EnvConfig, split: str = "train") -> None:
+        if split not in _OFFICIAL_SPLIT:
+            raise ConfigError(f"ALFWorld split must be 'train' or 'eval', got {split!r}")
+        opts = _options(cfg.options)
+        max_steps = cfg.max_episode_steps or DEFAULT_MAX_STEPS
+        if not 1 <= max_steps < EXPERT_MAX_STEPS:
+            raise ConfigError(
+                f"env.max_episode_steps must be in [1, {EXPERT_MAX_STEPS - 1}] for ALFWorld "
+                f"(the expert gives up at {EXPERT_MAX_STEPS}), got {max_steps}"
+            )
+        if cfg.image == "thor":
+            raise ConfigError(
+                "env.image=thor needs alfworld's 3D THOR env (pip install 'alfworld[full]', an X server and the "
+                "official json_2.1.1 data with ALFRED trajectories); agentrl does not drive it yet. "
+                "Use env.image=scene (drawn from the text state) or env.image=none"
+            )
+        self.num_envs = cfg.num_envs
+        self.split = split
+        self.data_dir = find_data(cfg.data_path, split)
+        gamefiles = collect_games(self.data_dir, opts["task_types"])
+        self.settings = GameSettings(
+            gamefiles=tuple(gamefiles),
+            max_steps=max_steps,
+            image="none" if cfg.image == "none" else "scene",
+            image_size=opts["image_size"],
+            won_reward=opts["won_reward"],
+            goal_condition_reward=opts["goal_condition_reward"],
+            goal_condition_mode=opts["goal_condition_mode"],
+        )
+        self._workers = None
+        self._games: list[AlfworldGame] = []
+        if cfg.vector == "async":
+            from agentrl.envs.alfworld.worker import GameWorkers
+
+            self._workers = GameWorkers(self.settings, cfg.num_envs, opts["start_method"])
+        else:
+            self._games = [AlfworldGame(self.settings) for _ in range(cfg.num_envs)]
+
+    def reset(self, seed: int) -> list[EnvObs]:
+        return self._call("reset", [(f"{seed}/{i}",) for i in range(self.num_envs)])
+
+    def step(self, actions: list[str]) -> EnvStep:
+        if len(actions) != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} actions (one per env), got {len(actions)}")
+        slots = self._call("step", [(a,) for a in actions])
+        return EnvStep(
+            obs=[s.obs for s in slots],
+            reward=np.array([s.reward for s in slots], dtype=np.float32),
+            terminated=np.array([s.terminated for s in slots], dtype=bool),
+            truncated=np.array([s.truncated for s in slots], dtype=bool),
+            final_obs=[s.final_obs for s in slots],
+            episodes=[s.episode for s in slots],
+        )
+
+    def expert_fields(self) -> list[dict[str, Any]]:
+        return self._call("expert_fields", [() for _ in range(self.num_envs)])
+
+    def close(self) -> None:
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+        for game in self._games:
+            game.close()
+        self._games = []
+
+    def _call(self, method: str, args: list[tuple[Any, ...]]) -> list[Any]:
+        if self._workers is not None:
+            return self._workers.call(method, args)
+        if not self._games:
+            raise RuntimeError("this AlfworldModule is closed; make a new one")
+        return [getattr(g, method)(*a) for g, a in zip(self._games, args)]
+
+
+def find_data(data_path: str | None, split: str) -> Path:
+    """The folder to read games from (see the module docstring for the order)."""
+    if data_path:
+        root = Path(os.path.expandvars(data_path)).expanduser()
+        if not root.is_dir():
+            raise ConfigError(
+                f"env.data_path {str(root)!r} is not a folder; point it at ALFWorld games "
+                "(e.g. $ALFWORLD_DATA/json_2.1.1) or generate some with 'agentrl alfworld-gen --out DIR'"
+            )
+        for sub in (split, _OFFICIAL_SPLIT[split]):
+            if (root / sub).is_dir():
+                return root / sub
+        return root
+    official = os.environ.get("ALFWORLD_DATA")
+    if official and (Path(official) / "json_2.1.1" / _OFFICIAL_SPLIT[split]).is_dir():
+        return Path(official) / "json_2.1.1" / _OFFICIAL_SPLIT[split]
+    from agentrl.envs.alfworld.gen import ensure_default_games
+
+    return ensure_default_games() / split
+
+
+def collect_games(root: Path, task_types: list[str]) -> list[str]:
+    """Sorted playable game files under ``root`` of the wanted task types (as AlfredTWEnv filters)."""
+    wanted = {full for full, short in SHORT_NAMES.items() if short in task_types}
+    games = []
+    for traj_path in sorted(root.rglob("traj_data.json")):
+        folder = traj_path.parent
+        game_path = folder / "game.tw-pddl"
+        if "movable" in str(folder) or "Sliced" in str(folder) or not game_path.is_file():
+            continue
+        if json.loads(traj_path.read_text()).get("task_type") not in wanted:
+            continue
+        if not json.loads(game_path.read_text()).get("solvable", False):
+            continue
+        games.append(str(game_path))
+    if not games:
+        raise ConfigError(
+            f"no playable ALFWorld games of types {task_types} under {root}; "
+            "check env.data_path or generate games with 'agentrl alfworld-gen --out DIR'"
+        )
+    return games
+
+
+def _options(given: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(given) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"env.options: unknown key(s) {unknown} for alfworld; known: {', '.join(OPTIONS)}")
+    opts = {**OPTIONS, **dict(given)}
+    if opts["goal_condition_mode"] not in ("rate", "delta"):
+        raise ConfigError(f"env.options.goal_condition_mode must be 'rate' or 'delta', got {opts['goal_condition_mode']!r}")
+    bad = sorted(set(opts["task_types"]) - set(SHORT_NAMES.values()))
+    if bad or not opts["task_types"]:
+        raise ConfigError(f"env.options.task_types must be a non-empty subset of {list(SHORT_NAMES.values())}, got {opts['task_types']}")
+    if int(opts["image_size"]) < 64:
+        raise ConfigError(f"env.options.image_size must be >= 64, got {opts['image_size']}")
+    if opts["start_method"] not in ("spawn", "forkserver", "fork"):
+        raise ConfigError(f"env.options.start_method must be spawn, forkserver or fork, got {opts['start_method']!r}")
+    opts["task_types"] = list(opts["task_types"])
+    for key in ("won_reward", "goal_condition_reward"):
+        opts[key] = float(opts[key])
+    opts["image_size"] = int(opts["image_size"])
+    return opts

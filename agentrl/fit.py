@@ -61,6 +61,7 @@ def build(cfg: Config, split: str = "train", rank: int = 0) -> tuple[PolicyModul
         kl_coef=cfg.policy.kl_coef,
     )
     data.connect(policy, envs, template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state), parser_cls())
+    policy.freeze_unreachable(data.current_prompts()[0])
     return policy, data
 
 
@@ -178,50 +179,64 @@ def whiten_global(fabric: Fabric, x: torch.Tensor) -> torch.Tensor:
 
 def ppo_update(fabric: Fabric, policy: PolicyModule, policy_f: Any, optimizer: Any, scheduler: Any,
                data: RolloutDataModule, rollout: Rollout, cfg: Config, shuffle: torch.Generator) -> dict[str, float]:
-    """``ppo.epochs`` passes over the rollout; returns mean loss terms."""
+    """``ppo.epochs`` passes over the rollout; returns mean loss terms per sample."""
     p = cfg.ppo
     sums: dict[str, float] = {}
-    n_steps = skipped = 0
-    old_logp, old_values = rollout.logp, rollout.values
-    for _epoch in range(p.epochs):
-        kls = []
+    n_steps = skipped = epochs = 0
+    for _ in range(p.epochs):
+        epochs += 1
+        epoch_kl = 0.0
         for mb in data.minibatches(rollout.size, p.minibatch_size, shuffle):
-            micro = mb.split(p.micro_batch_size)
-            for j, idx in enumerate(micro):
-                ix = idx.tolist()
-                inputs = policy.collate_train([rollout.prompts[i] for i in ix], [rollout.gen_ids[i] for i in ix],
-                                              [rollout.weights[i] for i in ix])
-                with fabric.no_backward_sync(policy_f, enabled=j < len(micro) - 1):
-                    token_logp, values, entropy = policy_f(inputs, with_entropy=cfg.policy.entropy_coef > 0)
-                    dev = values.device
-                    logp = ppo.weighted_logprob(token_logp.float(), inputs.weights.to(dev))
-                    terms = ppo.ppo_losses(
-                        logp, old_logp[idx].to(dev), rollout.advantages[idx].to(dev), values.float(),
-                        old_values[idx].to(dev), rollout.returns[idx].to(dev), entropy.float(),
-                        clip=p.clip, value_clip=p.value_clip, vf_coef=p.vf_coef,
-                        entropy_coef=cfg.policy.entropy_coef, scale=1.0 / len(mb),
-                    )
-                    fabric.backward(terms.total)
-                for name in ("policy", "value", "entropy", "approx_kl", "clipfrac"):
-                    sums[name] = sums.get(name, 0.0) + getattr(terms, name).detach() * len(ix)
+            terms = accumulate_gradients(fabric, policy, policy_f, rollout, mb, cfg)
             grad_norm = fabric.clip_gradients(policy_f, optimizer, max_norm=p.max_grad_norm, error_if_nonfinite=False)
             if torch.isfinite(grad_norm):  # device sync, once per optimizer step
                 optimizer.step()
-            else:
+            else:  # a NaN/inf gradient: skip the step rather than poison the weights
                 skipped += 1
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             n_steps += 1
-            sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm) * len(mb)
-            kls.append(float(terms.approx_kl))
-        if p.target_kl is not None and sum(kls) / max(1, len(kls)) > p.target_kl:
+            terms["grad_norm"] = float(grad_norm) * len(mb)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            epoch_kl += terms["approx_kl"]
+        if p.target_kl is not None and epoch_kl / rollout.size > p.target_kl:
             break
-    n = rollout.size * (_epoch + 1)
-    out = {k: float(v) / n for k, v in sums.items()}
+    out = {k: v / (rollout.size * epochs) for k, v in sums.items()}
     out["explained_variance"] = ppo.explained_variance(rollout.values, rollout.returns)
     out["skipped_steps"] = float(skipped)
     out["optimizer_steps"] = float(n_steps)
     return out
+
+
+def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, rollout: Rollout, mb: torch.Tensor,
+                         cfg: Config) -> dict[str, float]:
+    """Backward over the minibatch ``mb`` in micro-batches; returns loss terms summed over its samples.
+
+    Each micro-batch's loss is a sum scaled by 1 / len(mb), so the accumulated
+    gradient equals one pass over the whole minibatch, whatever the micro size.
+    """
+    p = cfg.ppo
+    micro = mb.split(p.micro_batch_size)
+    names = ("policy", "value", "entropy", "approx_kl", "clipfrac")
+    sums = torch.zeros(len(names))
+    for j, idx in enumerate(micro):
+        ix = idx.tolist()
+        inputs = policy.collate_train([rollout.prompts[i] for i in ix], [rollout.gen_ids[i] for i in ix],
+                                      [rollout.weights[i] for i in ix])
+        with fabric.no_backward_sync(policy_f, enabled=j < len(micro) - 1):
+            token_logp, values, entropy = policy_f(inputs, with_entropy=cfg.policy.entropy_coef > 0)
+            dev = values.device
+            logp = ppo.weighted_logprob(token_logp.float(), inputs.weights.to(dev))
+            terms = ppo.ppo_losses(
+                logp, rollout.logp[idx].to(dev), rollout.advantages[idx].to(dev), values.float(),
+                rollout.values[idx].to(dev), rollout.returns[idx].to(dev), entropy.float(),
+                clip=p.clip, value_clip=p.value_clip, vf_coef=p.vf_coef,
+                entropy_coef=cfg.policy.entropy_coef, scale=1.0 / len(mb),
+            )
+            fabric.backward(terms.total)
+        sums += torch.stack([getattr(terms, n).detach().float().cpu() for n in names]) * len(mb)
+    return dict(zip(names, sums.tolist()))  # plain sums over the minibatch's samples
 
 
 def update_metrics(fabric: Fabric, rollout: Rollout, losses: dict[str, float], window: deque,

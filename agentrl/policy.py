@@ -148,24 +148,9 @@ class PolicyModule(L.LightningModule):
         return Generation(ids=ids, texts=texts)
 
     def token_weights(self, ids: Tensor, text: str, cot: bool) -> Tensor:
-        """Per-token weights (L,) of one answer: the action span found from character offsets.
-
-        The token whose decoded prefix first reaches past the ``"action":`` key's
-        first character starts the action span. Works for any tokenizer (the
-        reference matched hard-coded token ids and broke when they changed).
-        """
-        start_char = action_span_start(text) if cot else None
-        start_tok = None
-        if start_char is not None:
-            lo, hi = 0, len(ids)  # smallest k with len(decode(ids[:k])) > start_char
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if len(self.tokenizer.decode(ids[: mid + 1], skip_special_tokens=True)) > start_char:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            start_tok = lo
-        return torch.tensor(token_weights(len(ids), start_tok, self.thought_coef, cot), dtype=torch.float32)
+        """Per-token log-prob weights (L,) of one answer (see :func:`action_token_start`)."""
+        start = action_token_start(self.tokenizer, ids, text) if cot else None
+        return torch.tensor(token_weights(len(ids), start, self.thought_coef, cot), dtype=torch.float32)
 
     # ------------------------------------------------------------ scoring and training
 
@@ -209,9 +194,49 @@ class PolicyModule(L.LightningModule):
             entropy = torch.zeros_like(values)
         return token_logp, values, entropy
 
+    def freeze_unreachable(self, prompt: Prompt) -> list[str]:
+        """Freeze trainable parameters the loss cannot reach; returns their names.
+
+        One probe forward/backward on ``prompt``. Such parameters (LLaVA's unused
+        CLIP post-layernorm, the vision layers after ``vision_feature_layer``, the
+        whole vision tower of a text-only run) would never change, and DDP
+        refuses parameters without gradients.
+        """
+        answer = self.tokenizer('{"action": "x"}', add_special_tokens=False, return_tensors="pt").input_ids[0]
+        inputs = self.collate_train([prompt], [answer], [torch.ones(len(answer))])
+        token_logp, values, _ = self(inputs)
+        (token_logp.sum() + values.sum()).backward()
+        frozen = [n for n, p in self.named_parameters() if p.requires_grad and p.grad is None]
+        for name, param in self.named_parameters():
+            if name in frozen:
+                param.requires_grad_(False)
+        self.zero_grad(set_to_none=True)
+        return frozen
+
     @torch.no_grad()
     def values(self, prompts: list[Prompt]) -> Tensor:
         """V(o) (B,) for prompts alone (bootstrapping a truncated or unfinished episode)."""
         batch = {k: v.to(self.device) for k, v in self.collate_prompts(prompts).items()}
         out = self.model(**batch, output_hidden_states=True, use_cache=False, logits_to_keep=1)
         return self.value_head(out.hidden_states[-1][:, -1]).float().cpu()
+
+
+def action_token_start(tokenizer: Any, ids: Tensor | list[int], text: str) -> int | None:
+    """Index of the first token of the ``"action":`` key in ``ids`` (decoded to ``text``), or None.
+
+    It is the first token whose decoded prefix reaches past the key's first
+    character: found by binary search over decoded prefixes, so it works for any
+    tokenizer however it splits ``"action":`` (the reference matched hard-coded
+    token ids and broke when the tokenizer changed).
+    """
+    start_char = action_span_start(text)
+    if start_char is None:
+        return None
+    lo, hi = 0, len(ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(ids[: mid + 1], skip_special_tokens=True)) > start_char:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

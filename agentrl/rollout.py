@@ -110,6 +110,12 @@ class RolloutDataModule:
     def encode(self, obs: EnvObs) -> Prompt:
         return self.policy.encode(self.template.messages(obs), obs.image)
 
+    def current_prompts(self) -> list[Prompt]:
+        """Prompts of the envs' current observations (resetting them on first use)."""
+        if self._obs is None:
+            self._obs = self.envs.reset(self.seed)
+        return [self.encode(o) for o in self._obs]
+
     # ------------------------------------------------------------ 1. collect
 
     @torch.no_grad()
@@ -211,7 +217,7 @@ class RolloutDataModule:
     # ------------------------------------------------------------ resume
 
     def state_dict(self) -> dict[str, Any]:
-        env_state = self.envs.state_dict() if hasattr(self.envs, "state_dict") else None
+        env_state = self.envs.state_dict()
         return {"obs": self._obs if env_state is not None else None, "env": env_state,
                 "rng": self.rng.bit_generator.state}
 

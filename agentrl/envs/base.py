@@ -92,5 +92,17 @@ class EnvModule(ABC):
         Used for SFT data and tests.
         """
 
+    def state_dict(self) -> dict[str, Any] | None:
+        """Everything needed to continue the current episodes exactly, or None if this module can't.
+
+        Used by checkpoints; a module that returns None restarts its envs on fresh
+        seeds when a run resumes.
+        """
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        raise TypeError(f"{type(self).__name__} does not save env state; resume restarts its envs")
+
     def close(self) -> None:
         """Release worker processes and files."""

@@ -114,18 +114,30 @@ def cache_root() -> Path:
 
 
 def ensure_default_games(cache_dir: str | Path | None = None) -> Path:
-    """The small default game set (both splits), generated on first use; returns its root."""
-    root = Path(cache_dir) if cache_dir is not None else cache_root() / GAMES_VERSION
-    if all((root / split / "summary.json").is_file() for split in SPLITS):
+    """The small default game set (both splits) under ``cache_dir/alfworld-games-v1``, made on first use.
+
+    ``cache_dir`` defaults to ``$AGENTRL_CACHE`` or ``~/.cache/agentrl``; returns the set's root.
+    Generation starts spawn workers, so a calling script needs ``if __name__ == "__main__":``.
+    """
+    root = Path(cache_dir if cache_dir is not None else cache_root()) / GAMES_VERSION
+    if _complete(root):
         return root
     tmp = root.with_name(f"{root.name}.tmp{os.getpid()}")  # concurrent first runs must not mix files
     for split in SPLITS:
         generate(tmp, DEFAULT_PER_TYPE, seed=0, split=split)
+    if root.exists() and not _complete(root):  # left over from an interrupted run
+        shutil.rmtree(root, ignore_errors=True)
     try:
         tmp.rename(root)
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
+    if not _complete(root):
+        raise RuntimeError(f"could not set up the default ALFWorld games in {root}; remove it and retry")
     return root
+
+
+def _complete(root: Path) -> bool:
+    return all((root / split / "summary.json").is_file() for split in SPLITS)
 
 
 def _draw(task_type: str, n: int, rooms: list[int], rng: random.Random, split: str) -> list[Game]:

@@ -11,6 +11,7 @@ does not reseed), so a run is reproducible from ``seed`` alone.
 from __future__ import annotations
 
 import inspect
+import pickle
 from functools import partial
 from typing import Any, ClassVar
 
@@ -139,6 +140,23 @@ class GymCardsModule(EnvModule):
 
     def expert_fields(self) -> list[dict[str, Any]]:
         return list(self.envs.call("expert_fields"))
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """The games themselves, pickled (sync mode only: async workers hold theirs out of reach)."""
+        if not isinstance(self.envs, gymnasium.vector.SyncVectorEnv):
+            return None
+        return {"envs": pickle.dumps(self.envs.envs), "returns": self._returns.copy(),
+                "lengths": self._lengths.copy(), "started": self._started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(self.envs, gymnasium.vector.SyncVectorEnv):
+            raise TypeError("env state can only be restored into env.vector=sync")
+        envs = pickle.loads(state["envs"])
+        if len(envs) != self.num_envs:
+            raise ValueError(f"saved state has {len(envs)} envs, this module has {self.num_envs} (env.num_envs)")
+        self.envs.envs = envs
+        self._returns[:], self._lengths[:] = state["returns"], state["lengths"]
+        self._started = state["started"]
 
     def close(self) -> None:
         self.envs.close()

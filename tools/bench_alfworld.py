@@ -9,6 +9,7 @@ send. Uses the default offline games unless --data is given.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
@@ -24,6 +25,12 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -42,6 +49,8 @@ def main() -> None:
     obs = module.reset(seed=0)
     t2 = time.perf_counter()
     rng = random.Random(0)
+    pids = [p.pid for p in module._workers.procs] if module._workers is not None else [os.getpid()]
+    cpu0 = sum(cpu_s(p) for p in pids)
     times, episodes = [], 0
     for _ in range(args.steps):
         actions = [rng.choice(o.legal_actions) for o in obs]
@@ -50,6 +59,7 @@ def main() -> None:
         times.append(time.perf_counter() - start)
         obs = out.obs
         episodes += sum(e is not None for e in out.episodes)
+    cpu = sum(cpu_s(p) for p in pids) - cpu0
     start = time.perf_counter()
     module.expert_fields()
     t_expert = time.perf_counter() - start
@@ -60,11 +70,10 @@ def main() -> None:
         f"step (batch of {args.num_envs}): mean {statistics.mean(ms):.0f} ms, median {statistics.median(ms):.0f} ms, "
         f"p95 {ms[int(0.95 * (len(ms) - 1))]:.0f} ms, max {ms[-1]:.0f} ms; {episodes} episodes ended"
     )
+    print(f"CPU per env step (load-independent): {cpu / (args.steps * args.num_envs) * 1e3:.0f} ms, load avg {os.getloadavg()[0]:.1f}")
     if module._workers is not None:
         mem = [rss_mb(p.pid) for p in module._workers.procs]
         print(f"worker RSS: mean {statistics.mean(mem):.0f} MB, max {max(mem):.0f} MB (each of {len(mem)})")
-    import os
-
     print(f"main process RSS: {rss_mb(os.getpid()):.0f} MB")
     module.close()
 

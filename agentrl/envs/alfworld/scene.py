@@ -87,6 +87,6 @@ def _label(name: str, width: float, font: ImageFont.FreeTypeFont | ImageFont.Ima
     """The receptacle's name in at most two lines that fit the box width."""
     kind, _, number = name.rpartition(" ")
     kind = kind or name
-    max_chars = max(3, int(width / max(1.0, font.getlength("m") * 0.8)))
-    first = kind[:max_chars]
-    return [first, number] if number.isdigit() else [first]
+    while len(kind) > 3 and font.getlength(kind) > width - 5:
+        kind = kind[:-1]
+    return [kind, number] if number.isdigit() else [kind]

@@ -48,8 +48,12 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a grid of overrides over seeds", formatter_class=fmt, epilog=epilog)
     _add_config_args(p)
-    p.add_argument("--grid", action="append", default=[], metavar="key=v1,v2", help="values to sweep")
+    p.add_argument("--grid", action="append", default=[], metavar="key=v1,v2",
+                   help="values to sweep (repeat for a product; lists as [1,2], quote strings that hold commas)")
     p.add_argument("--seeds", default="0", help="comma list of seeds")
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help="runs at once (each gets 1 torch thread)")
+    p.add_argument("--out", help="sweep dir [default: runs/sweep-<config stem>]")
+    p.add_argument("--force", action="store_true", help="rerun combinations that already finished")
 
     p = sub.add_parser("play", help="play a game by hand in the terminal")
     p.add_argument("game", help="numberline, ezpoints, points24 or blackjack")
@@ -109,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
         "fit": lambda: _fit(cfg, args),
         "eval": lambda: _not_built("eval", 6),
         "sft": lambda: _not_built("sft", 6),
-        "sweep": lambda: _not_built("sweep", 6),
+        "sweep": lambda: _sweep(args),
     }
     return commands[args.command]()
 
@@ -119,6 +123,13 @@ def _fit(cfg, args: argparse.Namespace) -> int:
 
     fit(cfg, argv=sys.argv)
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from agentrl.sweep import run_sweep
+
+    return run_sweep(args.config, args.overrides, args.grid, args.seeds, parallel=args.parallel, out=args.out,
+                     force=args.force)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,7 +115,8 @@ def test_cli_config_errors_exit_2(tmp_path):
     assert proc.returncode == 2 and "known: alfworld, blackjack" in proc.stderr
     proc = run("fit", "-c", str(ROOT / "conf/numberline.yaml"), "--print-config", "ppo.clip=0.3")
     assert proc.returncode == 0 and "clip: 0.3" in proc.stdout
-    proc = run("sweep", "-c", str(ROOT / "conf/numberline.yaml"))
-    assert proc.returncode != 0 and "not built yet" in proc.stderr
+    proc = run("sweep", "-c", str(ROOT / "conf/numberline.yaml"), "--grid", "ppo.clpi=0.1,0.2",
+               "--out", str(tmp_path / "sweep"))
+    assert proc.returncode == 2 and "ppo.clip" in proc.stderr and not (tmp_path / "sweep").exists()
     proc = run("fit", "--help")
     assert proc.returncode == 0 and "policy.thought_coef" in proc.stdout and "Lambda" in proc.stdout

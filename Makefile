@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 EXTRAS ?= dev,alfworld
 STAMP  := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup demo test test-all lint clean
+.PHONY: setup demo test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -31,4 +31,3 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
-.PHONY: test-fast

@@ -23,7 +23,7 @@ import torch
 
 from agentrl.config import ConfigError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Bumped when the checkpoint layout changes; loading another version fails clearly."""
 
 

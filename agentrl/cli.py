@@ -119,9 +119,14 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _fit(cfg, args: argparse.Namespace) -> int:
-    from agentrl.fit import fit
+    from agentrl.distributed import SlowRankError
+    from agentrl.fit import NonFiniteError, fit
 
-    fit(cfg, argv=sys.argv)
+    try:
+        fit(cfg, argv=sys.argv)
+    except (NonFiniteError, SlowRankError) as e:
+        print(f"agentrl fit: stopped: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

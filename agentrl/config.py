@@ -151,7 +151,7 @@ class PPOConfig:
     epochs: int = 4
     """Passes over each rollout."""
     minibatch_size: int = 32
-    """Samples per optimizer step (gradients accumulated over micro-batches)."""
+    """Samples per optimizer step, over all processes (gradients accumulated over micro-batches)."""
     micro_batch_size: int = 4
     """Samples per forward/backward; lower it to save memory, the result does not change."""
     lr: float = 1e-5
@@ -187,7 +187,7 @@ class RolloutConfig:
     """On-policy data collection."""
 
     steps_per_update: int = 64
-    """Env steps collected per update, summed over this process's envs."""
+    """Env steps collected per update, summed over all envs of all processes."""
     temperature: float = 0.2
     """Sampling temperature (also scales the logits the log-probs are taken from)."""
     top_p: float = 1.0
@@ -220,6 +220,10 @@ class TrainerConfig:
     """Write scalars every N updates."""
     image_log_every: int = 5
     """Log a few observation images with their generated text every N updates; 0 never."""
+    max_bad_steps: int = 3
+    """Stop the run after this many optimizer steps in a row with NaN/inf gradients (each is skipped)."""
+    collective_timeout_s: float = 1800.0
+    """Seconds ranks wait for each other after collecting; past it the run stops naming the slow rank."""
     checkpoint_every: int = 10
     """Checkpoint every N updates (and always at the end)."""
     resume: str | None = None
@@ -265,10 +269,22 @@ class Config:
                 f"({self.rollout.steps_per_update}); lower it or collect more steps"
             )
 
-    @property
-    def steps_per_env(self) -> int:
-        """Env steps each environment takes per update."""
-        return self.rollout.steps_per_update // self.env.num_envs
+    def steps_per_env(self, world_size: int = 1) -> int:
+        """Env steps each environment takes per update when ``world_size`` processes share the work."""
+        self.check_world_size(world_size)
+        return self.rollout.steps_per_update // (world_size * self.env.num_envs)
+
+    def check_world_size(self, world_size: int) -> None:
+        """The global sizes must split evenly over ``world_size`` processes."""
+        if self.rollout.steps_per_update % (world_size * self.env.num_envs):
+            raise ConfigError(
+                f"rollout.steps_per_update ({self.rollout.steps_per_update}) must be a multiple of "
+                f"trainer.devices x env.num_envs ({world_size} x {self.env.num_envs})"
+            )
+        if self.ppo.minibatch_size % world_size:
+            raise ConfigError(
+                f"ppo.minibatch_size ({self.ppo.minibatch_size}) must be a multiple of trainer.devices ({world_size})"
+            )
 
 
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:

@@ -105,7 +105,7 @@ def test_cli_fit_end_to_end(tmp_path, tiny_path, extra):
 def test_cli_config_errors_exit_2(tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "agentrl.cli", *args], capture_output=True, text=True,
-                              timeout=120)
+                              timeout=300)
 
     proc = run("fit", "-c", str(ROOT / "conf/numberline.yaml"), "ppo.clpi=0.1")
     assert proc.returncode == 2 and "ppo.clpi" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

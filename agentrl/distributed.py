@@ -1,0 +1,83 @@
+"""Several processes: the Fabric strategy, a barrier that names slow ranks, gathering rank state.
+
+Every rank collects the same fixed number of env steps, so ranks finish their
+rollouts at nearly the same time whatever the episode lengths; they then meet
+at a monitored barrier. If one is still busy after ``trainer.collective_timeout_s``
+the run stops with an error that names it, instead of hanging in a collective
+(the NCCL timeouts users of the reference hit).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from agentrl.config import TrainerConfig
+
+
+class SlowRankError(RuntimeError):
+    """A rank did not reach the meeting point in time."""
+
+
+def make_strategy(t: TrainerConfig) -> Any:
+    """The Fabric strategy for ``trainer.strategy``, with the collective timeout applied."""
+    timeout = timedelta(seconds=t.collective_timeout_s)
+    if t.strategy in ("ddp", "ddp_spawn"):
+        from lightning.fabric.strategies import DDPStrategy
+
+        return DDPStrategy(timeout=timeout, start_method="spawn" if t.strategy == "ddp_spawn" else "popen")
+    if t.strategy == "fsdp":
+        from lightning.fabric.strategies import FSDPStrategy
+
+        # use_orig_params: frozen base weights and trainable adapters may share a flat parameter
+        return FSDPStrategy(timeout=timeout, use_orig_params=True)
+    return t.strategy  # "auto", "deepspeed", ... as Fabric understands them
+
+
+class Meeting:
+    """A barrier across ranks with a timeout that names the ranks that did not arrive."""
+
+    def __init__(self, world_size: int, timeout_s: float) -> None:
+        self.active = world_size > 1 and dist.is_available() and dist.is_initialized()
+        self.timeout = timedelta(seconds=timeout_s)
+        self.timeout_s = timeout_s
+        self.group = None
+        if self.active and dist.get_backend() != "gloo":
+            self.group = dist.new_group(backend="gloo")  # monitored_barrier needs gloo; NCCL runs get a side group
+
+    def wait(self, what: str) -> None:
+        """Block until every rank has finished ``what``; raise :class:`SlowRankError` past the timeout."""
+        if not self.active:
+            return
+        try:
+            dist.monitored_barrier(group=self.group, timeout=self.timeout, wait_all_ranks=True)
+        except RuntimeError as e:
+            ranks = re.findall(r"[Rr]anks? ([\d, ]+) failed", str(e))
+            who = f"rank(s) {ranks[0].strip()}" if ranks else "another rank"
+            raise SlowRankError(
+                f"{who} did not finish {what} within trainer.collective_timeout_s={self.timeout_s:g}s "
+                f"(rank {dist.get_rank()} waited); raise trainer.collective_timeout_s or lower "
+                f"rollout.steps_per_update / rollout.max_new_tokens. ({str(e).splitlines()[0]})"
+            ) from None
+
+
+def gather_objects(obj: Any, world_size: int) -> list[Any]:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+    if world_size == 1 or not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def reduce_sums(fabric: Any, values: dict[str, float]) -> dict[str, float]:
+    """Sum each value over ranks (one all-reduce)."""
+    if fabric.world_size == 1:
+        return dict(values)
+    keys = sorted(values)
+    summed = fabric.all_reduce(torch.tensor([values[k] for k in keys], dtype=torch.float64), reduce_op="sum")
+    return dict(zip(keys, summed.tolist()))

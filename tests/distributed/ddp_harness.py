@@ -1,0 +1,80 @@
+"""Run by tests/test_distributed.py as `python ddp_harness.py OUT`; Fabric relaunches it for rank 1.
+
+Both ranks build the same policy and collect the same 8-sample rollout. The
+single-process reference is one backward over all 8 samples; the DDP path has
+each rank back-propagate its half (samples rank::2) with gradients averaged by
+DDP. Each rank writes what it saw to OUT/rank<r>.json.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+from lightning.fabric import Fabric, seed_everything
+
+from agentrl import ppo
+from agentrl.config import load_config
+from agentrl.fit import accumulate_gradients, build, whiten_global
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp")
+    fabric.launch()
+    rank = fabric.global_rank
+    cfg = load_config(ROOT / "conf/numberline.yaml", [
+        "env.num_envs=4", "rollout.steps_per_update=8", "ppo.minibatch_size=8", "ppo.micro_batch_size=2",
+        "rollout.max_new_tokens=12"])
+    seed_everything(0)
+    policy, data = build(cfg)  # same seed on both ranks: identical weights and rollout
+    torch.manual_seed(1)
+    rollout = data.collect()
+    adv, ret = rollout.advantages_and_returns(0.9, 0.95)
+    full = ppo.whiten(adv, adv.mean(), adv.var(unbiased=False))
+    mine = torch.arange(rank, 8, 2)
+    sharded = whiten_global(fabric, adv[mine])  # global statistics from two halves
+    rollout.advantages, rollout.returns = full, ret
+
+    # single-process reference: one pass over all 8 samples
+    inputs = policy.collate_train(rollout.prompts, rollout.gen_ids, rollout.weights)
+    token_logp, values, entropy = policy(inputs)
+    terms = ppo.ppo_losses(ppo.weighted_logprob(token_logp, inputs.weights), rollout.logp, full, values,
+                           rollout.values, ret, entropy, clip=0.1, value_clip=0.1, vf_coef=0.5, entropy_coef=0.0,
+                           scale=1 / 8)
+    terms.total.backward()
+    ref = {n: p.grad.clone() for n, p in policy.named_parameters() if p.requires_grad}
+    policy.zero_grad(set_to_none=True)
+
+    optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-3)
+    policy_f, optimizer = fabric.setup(policy, optimizer)
+    local = accumulate_gradients(fabric, policy, policy_f, rollout, mine, cfg)  # scale 1/4, DDP averages
+    names = [n for n, p in policy.named_parameters() if p.requires_grad]
+    got = dict(policy.named_parameters())
+    whole = float(torch.cat([(got[n].grad - ref[n]).flatten() for n in names]).norm()
+                  / torch.cat([ref[n].flatten() for n in names]).norm())
+    # per tensor, for tensors whose true gradient is not ~0 (attention key biases have an exactly-zero one)
+    worst = max(float((got[n].grad - ref[n]).norm() / ref[n].norm()) for n in names if ref[n].norm() > 1e-5)
+    loss_sum = fabric.all_reduce(torch.tensor(local["policy"] + 0.5 * local["value"]), reduce_op="sum")
+    optimizer.step()
+    flat = torch.cat([p.detach().flatten() for p in policy.parameters() if p.requires_grad])
+    gathered = fabric.all_gather(flat)
+    result = {
+        "rank": rank,
+        "global_batch": int(fabric.all_reduce(torch.tensor(len(mine)), reduce_op="sum")),
+        "whiten_error": float((sharded - full[mine]).abs().max()),
+        "grad_rel_error": whole,
+        "grad_rel_error_per_tensor": worst,
+        "loss_ddp": float(loss_sum) / 8,
+        "loss_single": float(terms.policy + 0.5 * terms.value),
+        "params_equal_across_ranks": bool(torch.equal(gathered[0], gathered[1])),
+        "params_moved": bool(fabric.all_reduce(flat.abs().sum()) > 0),
+    }
+    (out / f"rank{rank}.json").write_text(json.dumps(result))
+    data.envs.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -27,6 +27,10 @@ FORMAT_VERSION = 2
 """Bumped when the checkpoint layout changes; loading another version fails clearly."""
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the previous one is untouched (the message names it)."""
+
+
 def git_sha() -> str:
     """The source tree's commit (with -dirty when modified), or "unknown" outside git."""
     root = Path(__file__).resolve().parents[1]
@@ -82,11 +86,11 @@ def save_checkpoint(
             shutil.rmtree(ckpt_dir)
         os.replace(tmp, ckpt_dir)
         _write_atomic(ckpt_dir.parent / "latest", ckpt_dir.name)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
         shutil.rmtree(tmp, ignore_errors=True)
         prev = latest_checkpoint(ckpt_dir.parent)
         kept = f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint exists"
-        raise OSError(f"could not write checkpoint {ckpt_dir} ({e}); {kept}") from e
+        raise CheckpointWriteError(f"could not write checkpoint {ckpt_dir} ({e}); {kept}") from e
     return ckpt_dir
 
 

@@ -119,12 +119,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _fit(cfg, args: argparse.Namespace) -> int:
+    from agentrl.checkpoint import CheckpointWriteError
     from agentrl.distributed import SlowRankError
     from agentrl.fit import NonFiniteError, fit
 
     try:
         fit(cfg, argv=sys.argv)
-    except (NonFiniteError, SlowRankError) as e:
+    except (NonFiniteError, SlowRankError, CheckpointWriteError) as e:
         print(f"agentrl fit: stopped: {e}", file=sys.stderr)
         return 1
     return 0

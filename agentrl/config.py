@@ -209,7 +209,9 @@ class TrainerConfig:
     accelerator: str = "auto"
     """Fabric accelerator: auto, cpu, cuda."""
     devices: int = 1
-    """Processes (GPUs) to run on."""
+    """Processes (GPUs) per node."""
+    num_nodes: int = 1
+    """Machines; launch with torchrun or SLURM (Fabric reads their environment)."""
     strategy: str = "auto"
     """Fabric strategy: auto, ddp, fsdp, deepspeed."""
     precision: str = "32-true"

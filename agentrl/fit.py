@@ -103,8 +103,8 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
     t = cfg.trainer
     out_dir = Path(t.out_dir)
     logger = TensorBoardLogger(root_dir=str(out_dir), name="tensorboard", version="")
-    fabric = Fabric(accelerator=t.accelerator, devices=t.devices, strategy=make_strategy(t), precision=t.precision,
-                    loggers=logger)
+    fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=make_strategy(t),
+                    precision=t.precision, loggers=logger)
     fabric.launch()
     world, rank = fabric.world_size, fabric.global_rank
     cfg.check_world_size(world)

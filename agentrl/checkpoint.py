@@ -120,8 +120,8 @@ def latest_checkpoint(ckpts: Path) -> Path | None:
     return path if (path / "trainer_state.pt").is_file() else None
 
 
-def resolve_resume(path: str) -> Path:
-    """A checkpoint dir, or a run dir whose newest complete checkpoint is used."""
+def resolve_resume(path: str, key: str = "trainer.resume") -> Path:
+    """A checkpoint dir, or a run dir whose newest complete checkpoint is used (``key`` names the setting)."""
     p = Path(path).expanduser()
     if (p / "trainer_state.pt").is_file():
         return p
@@ -130,16 +130,22 @@ def resolve_resume(path: str) -> Path:
         if found is not None:
             return found
     raise ConfigError(
-        f"trainer.resume={path!r}: no complete checkpoint there (expected trainer_state.pt, or a run dir "
+        f"{key}={path!r}: no complete checkpoint there (expected trainer_state.pt, or a run dir "
         f"with checkpoints/latest)"
     )
 
 
-def load_trainable(policy: torch.nn.Module, ckpt: Path) -> None:
-    """Load trainable.pt into ``policy``; every trainable parameter must be present with its shape."""
+def load_trainable(policy: torch.nn.Module, ckpt: Path, value_head: bool = True) -> None:
+    """Load trainable.pt into ``policy``; every trainable parameter must be present with its shape.
+
+    ``value_head=False`` (``policy.init_from``, eval) also accepts a checkpoint without the value
+    head, such as sft's: the policy keeps its fresh one.
+    """
     state = torch.load(Path(ckpt) / "trainable.pt", map_location="cpu", weights_only=True)
     params = dict(policy.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
+    if not value_head and not any(n.startswith("value_head.") for n in state):
+        expected = {n for n in expected if not n.startswith("value_head.")}
     missing, unexpected = expected - set(state), set(state) - set(params)
     if missing or unexpected:
         raise ConfigError(

@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--checkpoint", help="checkpoint dir written by fit or sft")
     p.add_argument("--episodes", type=int, default=100, help="held-out episodes to run")
+    p.add_argument("--greedy", action="store_true", help="arg-max decoding instead of sampling")
+    p.add_argument("--out", help="JSON file to write [default: CHECKPOINT/eval.json]")
 
     p = sub.add_parser("sft", help="supervised warm start from expert data", formatter_class=fmt, epilog=epilog)
     _add_config_args(p)
@@ -111,8 +113,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     commands: dict[str, Callable[[], int]] = {
         "fit": lambda: _fit(cfg, args),
-        "eval": lambda: _not_built("eval", 6),
-        "sft": lambda: _not_built("sft", 6),
+        "eval": lambda: _eval(cfg, args),
+        "sft": lambda: _sft(cfg, args),
         "sweep": lambda: _sweep(args),
     }
     return commands[args.command]()
@@ -136,6 +138,20 @@ def _sweep(args: argparse.Namespace) -> int:
 
     return run_sweep(args.config, args.overrides, args.grid, args.seeds, parallel=args.parallel, out=args.out,
                      force=args.force)
+
+
+def _eval(cfg, args: argparse.Namespace) -> int:
+    from agentrl.evaluate import evaluate
+
+    evaluate(cfg, args.checkpoint, args.episodes, greedy=args.greedy, out=args.out)
+    return 0
+
+
+def _sft(cfg, args: argparse.Namespace) -> int:
+    from agentrl.sft import sft
+
+    sft(cfg, argv=sys.argv)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -237,6 +237,45 @@ class TrainerConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised warm start (`agentrl sft`): teacher-forced loss on expert answers only."""
+
+    data: str = "expert"
+    """"expert" (the env's expert along mixed expert/random trajectories) or a JSONL file (format in agentrl/sft.py)."""
+    examples: int = 512
+    """Expert examples to generate (data=expert)."""
+    explore: float = 0.5
+    """Probability of stepping with a random legal action while generating expert data, so states are diverse."""
+    noise: float = 0.0
+    """Probability of replacing the labelled expert action with a random legal one (a deliberately weak start)."""
+    max_examples: int | None = None
+    """Use at most this many examples (either source); None uses all."""
+    epochs: int = 3
+    """Passes over the examples."""
+    image_only_epochs: int = 0
+    """Warm-up passes first, with the prompt's text removed, so the answer must come from the image."""
+    lr: float = 1e-4
+    """Adam learning rate of the language model (cosine to lr / 10)."""
+    vision_lr: float | None = None
+    """Learning rate of the vision tower and projector; None uses sft.lr."""
+    batch_size: int = 16
+    """Examples per optimizer step."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this."""
+
+    def __post_init__(self) -> None:
+        for key, value in (("sft.noise", self.noise), ("sft.explore", self.explore)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{key} must be in [0, 1], got {value}")
+        if self.data != "expert" and not self.data.endswith(".jsonl"):
+            raise ConfigError(f"sft.data must be 'expert' or a .jsonl file, got {self.data!r}")
+        for key, value in (("sft.examples", self.examples), ("sft.epochs", self.epochs),
+                           ("sft.batch_size", self.batch_size)):
+            if value < 1:
+                raise ConfigError(f"{key} must be >= 1, got {value}")
+
+
+@dataclass
 class Config:
     """A complete agentrl run."""
 
@@ -256,6 +295,8 @@ class Config:
     """Data collection."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Execution, logging, checkpoints."""
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    """Supervised warm start (agentrl sft)."""
     seed: int = 0
     """Seeds envs, sampling and initialisation."""
 

@@ -57,7 +57,7 @@ def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1
         image_size=cfg.model.image_size,
     )
     if cfg.policy.init_from:
-        load_trainable(policy, resolve_resume(cfg.policy.init_from))
+        load_trainable(policy, resolve_resume(cfg.policy.init_from, "policy.init_from"), value_head=False)
     envs = env_cls(cfg.env, split=split)
     data = RolloutDataModule(
         cfg.steps_per_env(world_size), seed=cfg.seed + 100_003 * rank, cot=cfg.prompt.cot,

@@ -126,15 +126,15 @@ class PolicyModule(L.LightningModule):
     # ------------------------------------------------------------ acting
 
     @torch.no_grad()
-    def generate(self, prompts: list[Prompt]) -> Generation:
-        """Sample one answer per prompt in ONE batched generate call (KV cache, left padding)."""
+    def generate(self, prompts: list[Prompt], greedy: bool = False) -> Generation:
+        """Sample (or with ``greedy``, arg-max decode) one answer per prompt in ONE batched generate call."""
         inputs = {k: v.to(self.device) for k, v in self.collate_prompts(prompts).items()}
+        # top_k=0: sample from the full tempered softmax, the distribution the log-probs score
+        sampling = {"do_sample": False} if greedy else {
+            "do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
         out = self.model.generate(
             **inputs,
-            do_sample=True,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=0,  # sample from the full tempered softmax: the distribution the log-probs score
+            **sampling,
             max_new_tokens=self.max_new_tokens,
             suppress_tokens=self.bad_ids or None,
             pad_token_id=self.pad_id,

@@ -1,0 +1,158 @@
+"""`agentrl eval`: held-out evaluation of a checkpoint.
+
+Episodes come from the env's "eval" split, whose seeds never meet training's
+("train") (see :func:`agentrl.envs.gym_cards.module.env_seed`). ``env.num_envs``
+envs step together with one batched generate per step; episodes are numbered
+in the order they start and exactly the first ``--episodes`` count (an env
+whose next episode would exceed the quota idles), so the result does not
+favour short episodes. Answers are greedy (``--greedy``) or sampled at
+``rollout.temperature``; an answer naming no legal action takes a random legal
+one, as in training, and counts as a parse failure.
+
+The JSON written (default ``<checkpoint>/eval.json``) has these keys:
+  env, split ("eval"), checkpoint, greedy, seed, episodes   what was run
+  success_rate       share of episodes with success (positive return, or won)
+  mean_return        mean undiscounted episode return
+  mean_length        mean steps per episode
+  parse_failure_rate share of steps whose answer named no legal action
+  steps, seconds     env steps taken by counted episodes, wall time
+  by_task_type       {task_type: the same five metrics and episodes}, when the env reports types (ALFWorld)
+  per_episode        [{return, length, success, task_type, parse_failures}] in start order
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from agentrl.checkpoint import load_trainable, resolve_resume
+from agentrl.config import Config, ConfigError
+
+
+def run_episodes(policy: Any, envs: Any, template: Any, parser: Any, episodes: int, *, seed: int,
+                 greedy: bool) -> list[dict[str, Any]]:
+    """Play exactly ``episodes`` episodes (the first that start) on ``envs``; one record per episode."""
+    rng = np.random.default_rng([seed, 0xE7A1])
+    obs = envs.reset(seed)
+    n = envs.num_envs
+    episode_id = list(range(n))
+    next_id, fails = n, [0] * n
+    records: dict[int, dict[str, Any]] = {}
+    while len(records) < episodes:
+        active = [i for i in range(n) if episode_id[i] < episodes]
+        gen = policy.generate([policy.encode(template.messages(obs[i]), obs[i].image) for i in active], greedy=greedy)
+        actions = [o.legal_actions[0] for o in obs]  # idle envs: any legal action, never counted
+        for i, text in zip(active, gen.texts):
+            result = parser.parse(text, obs[i].legal_actions)
+            if result.ok:
+                actions[i] = result.action
+            else:
+                actions[i] = obs[i].legal_actions[rng.integers(len(obs[i].legal_actions))]
+                fails[i] += 1
+        step = envs.step(actions)
+        for i, ep in enumerate(step.episodes):
+            if ep is None:
+                continue
+            if episode_id[i] < episodes:
+                records[episode_id[i]] = {"return": ep.ret, "length": ep.length, "success": bool(ep.success),
+                                          "task_type": ep.task_type, "parse_failures": fails[i]}
+            episode_id[i], next_id, fails[i] = next_id, next_id + 1, 0
+        obs = step.obs
+    return [records[k] for k in range(episodes)]
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
+    """The five metrics over ``records`` (see the module docstring)."""
+    steps = sum(r["length"] for r in records)
+    n = max(len(records), 1)
+    return {
+        "episodes": len(records),
+        "success_rate": sum(r["success"] for r in records) / n,
+        "mean_return": sum(r["return"] for r in records) / n,
+        "mean_length": steps / n,
+        "parse_failure_rate": sum(r["parse_failures"] for r in records) / max(steps, 1),
+        "steps": steps,
+    }
+
+
+def evaluate(cfg: Config, checkpoint: str | None, episodes: int, *, greedy: bool = False, out: str | None = None,
+             console: Console | None = None) -> dict[str, Any]:
+    """Evaluate ``checkpoint`` (or the config's model as is) on held-out episodes; writes and returns the JSON."""
+    from transformers.utils import logging as hf_logging
+
+    from agentrl.fit import build, set_threads
+
+    if episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {episodes}")
+    hf_logging.disable_progress_bar()
+    set_threads(cfg.trainer.num_threads, 1)
+    console = console or Console(stderr=True)
+    ckpt = resolve_resume(checkpoint, "--checkpoint") if checkpoint else None
+    cfg = replace(cfg, policy=replace(cfg.policy, init_from=None))
+    torch.manual_seed(cfg.seed)
+    policy, data = build(cfg, split="eval")
+    if ckpt is not None:
+        try:
+            load_trainable(policy, ckpt, value_head=False)
+        except ConfigError as e:
+            made = _checkpoint_model(ckpt)
+            raise ConfigError(f"{e} (checkpoint made with {made})" if made else str(e)) from None
+    policy.eval()
+    t0 = time.perf_counter()
+    try:
+        records = run_episodes(policy, data.envs, data.template, data.parser, episodes, seed=cfg.seed,
+                               greedy=greedy)
+    finally:
+        data.envs.close()
+    result: dict[str, Any] = {"env": cfg.env.name, "split": "eval", "checkpoint": str(ckpt) if ckpt else None,
+                              "greedy": greedy, "seed": cfg.seed}
+    result.update(summarize(records))
+    result["seconds"] = time.perf_counter() - t0
+    types = sorted({r["task_type"] for r in records if r["task_type"]})
+    result["by_task_type"] = {t: summarize([r for r in records if r["task_type"] == t]) for t in types}
+    result["per_episode"] = records
+    path = Path(out) if out else (ckpt or Path(cfg.trainer.out_dir)) / "eval.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    console.print(table(result))
+    console.print(f"wrote {path}")
+    return result
+
+
+def table(result: dict[str, Any]) -> Table:
+    """The rich table of a result: the env's row, then one per task type."""
+    mode = "greedy" if result["greedy"] else "sampled"
+    t = Table(title=f"agentrl eval: {result['env']} (held-out split, {mode})")
+    for col in ("", "episodes", "success", "mean return", "mean length", "parse failures"):
+        t.add_column(col, justify="left" if not col else "right")
+    rows = [(result["env"], result), *((f"  {k}", v) for k, v in result["by_task_type"].items())]
+    for name, m in rows:
+        t.add_row(name, str(m["episodes"]), f"{m['success_rate']:.1%}", f"{m['mean_return']:.2f}",
+                  f"{m['mean_length']:.2f}", f"{m['parse_failure_rate']:.1%}")
+    return t
+
+
+def _checkpoint_model(ckpt: Path) -> str:
+    """'model.path=..., model.finetune=...' from the checkpoint's config.yaml, or ''."""
+    try:
+        from omegaconf import OmegaConf
+
+        made = OmegaConf.load(ckpt / "config.yaml").model
+        return f"model.path={made.path}, model.finetune={made.finetune}"
+    except Exception:
+        return ""
+
+
+def main(cfg: Config, checkpoint: str | None, episodes: int, greedy: bool, out: str | None) -> int:
+    """CLI entry: evaluate and print; exit status 0."""
+    evaluate(cfg, checkpoint, episodes, greedy=greedy, out=out)
+    return 0
+

@@ -1,0 +1,304 @@
+"""`agentrl sft`: supervised warm start on expert answers, before PPO (the paper's SFT stage).
+
+Data (``sft.data``):
+  expert   the env's own expert (``EnvModule.expert_fields()``) labels the states met
+           along trajectories that step with the expert's action, or with a random legal
+           one with probability ``sft.explore`` (diverse states). The answer is the prompt
+           template's ``answer(fields)``: with ``prompt.cot=false`` the action only. With
+           probability ``sft.noise`` the labelled action is replaced by a random *other*
+           legal action, so ``noise`` is exactly the expected share of non-expert labels.
+  x.jsonl  one JSON object per line::
+
+             {"image": "img/0001.png" | null,          # relative to the JSONL's folder
+              "prompt": "user text ..."                # the user turn, verbatim, or
+              "obs": {"text": ..., "legal_actions": [...], "env_id": "numberline",
+                      "task": "", "extra": {}},        # an EnvObs the prompt template renders
+              "answer": "{\"action\": \"+\"}" | {"thoughts": ..., "action": "+"}}
+
+           ``answer`` is the target text, or fields that the template turns into JSON.
+
+Loss: cross-entropy on the answer tokens (and the closing EOS) only; prompt and
+padding labels are -100. The checkpoint has fit's layout (see
+:mod:`agentrl.checkpoint`) without a value head: ``policy.init_from=DIR`` starts
+PPO from it with a fresh value head, and a full fine-tune's ``DIR/model`` is a
+plain Hugging Face checkpoint for ``model.path``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor
+
+from agentrl.checkpoint import run_meta, save_checkpoint
+from agentrl.config import Config, ConfigError, to_yaml
+from agentrl.envs.base import EnvObs
+from agentrl.models import apply_finetuning, load_vlm
+from agentrl.policy import PolicyModule, Prompt
+from agentrl.prompts import PromptTemplate
+from agentrl.registry import ENVS, FAMILY_DEFAULTS, TEMPLATES, resolve
+
+IGNORE = -100
+"""Label of a token the loss skips (prompt and padding)."""
+
+VISION_KEYS = ("vision_tower", "multi_modal_projector", "visual")
+"""Parameter-name parts of the vision path (``sft.vision_lr``)."""
+
+
+@dataclass
+class Example:
+    """One supervised example before processing."""
+
+    messages: list[dict[str, Any]]
+    """Chat messages of the prompt (one user turn)."""
+    image: np.ndarray | None
+    """RGB image (H, W, 3) uint8, or None."""
+    answer: str
+    """Target text of the assistant turn."""
+    obs: EnvObs | None = None
+    """The observation it was made from (expert data), for tests and readout checks."""
+    expert_action: str | None = None
+    """The expert's own action (expert data); differs from the answer's with probability sft.noise."""
+
+
+def make_template(cfg: Config) -> PromptTemplate:
+    """The prompt template the config names ("auto": the env family's own)."""
+    env_cls = resolve("env", "env.name", cfg.env.name, ENVS)
+    default = FAMILY_DEFAULTS.get(getattr(env_cls, "family", "gym_cards"), ("gym_cards", "json"))[0]
+    name = default if cfg.prompt.template == "auto" else cfg.prompt.template
+    return resolve("template", "prompt.template", name, TEMPLATES)(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state)
+
+
+def expert_examples(cfg: Config, n: int, *, split: str = "train", seed: int | None = None) -> list[Example]:
+    """``n`` expert-labelled states of ``split`` (see the module docstring for explore and noise)."""
+    env_cls = resolve("env", "env.name", cfg.env.name, ENVS)
+    template = make_template(cfg)
+    seed = cfg.seed if seed is None else seed
+    rng = np.random.default_rng([seed, 0x5F7])
+    envs = env_cls(cfg.env, split=split)
+    out: list[Example] = []
+    try:
+        obs = envs.reset(seed)
+        while len(out) < n:
+            actions = []
+            for o, fields in zip(obs, envs.expert_fields()):
+                fields = dict(fields)
+                expert = str(fields["action"])
+                others = [a for a in o.legal_actions if a != expert]
+                if others and rng.random() < cfg.sft.noise:
+                    fields["action"] = others[rng.integers(len(others))]
+                out.append(Example(template.messages(o), o.image, template.answer(fields), o, expert))
+                explore = rng.random() < cfg.sft.explore
+                actions.append(o.legal_actions[rng.integers(len(o.legal_actions))] if explore else expert)
+            obs = envs.step(actions).obs
+    finally:
+        envs.close()
+    return out[:n]
+
+
+def jsonl_examples(path: str | Path, template: PromptTemplate) -> list[Example]:
+    """Examples from a JSONL file (format in the module docstring); errors name the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sft.data={str(path)!r} does not exist; give a JSONL file or 'expert'")
+    out = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"sft.data {path}:{i}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or "answer" not in row or ("prompt" in row) == ("obs" in row):
+            raise ConfigError(f"{where}: needs 'answer' and exactly one of 'prompt' or 'obs'")
+        image = None
+        if row.get("image"):
+            image_path = path.parent / row["image"]
+            if not image_path.is_file():
+                raise ConfigError(f"{where}: image {str(image_path)!r} does not exist")
+            image = np.asarray(Image.open(image_path).convert("RGB"))
+        obs = None
+        if "obs" in row:
+            try:
+                obs = EnvObs(image=image, **row["obs"])
+            except TypeError as e:
+                raise ConfigError(f"{where}: bad 'obs' ({e}); keys are text, legal_actions, env_id, task, extra") \
+                    from None
+            messages = template.messages(obs)
+        else:
+            content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": row["prompt"]}]
+            messages = [{"role": "user", "content": content}]
+        answer = row["answer"] if isinstance(row["answer"], str) else template.answer(dict(row["answer"]))
+        out.append(Example(messages, image, answer, obs))
+    if not out:
+        raise ConfigError(f"sft.data {path} holds no examples")
+    return out
+
+
+def load_examples(cfg: Config) -> list[Example]:
+    """The examples ``sft.data`` names, cut to ``sft.max_examples``."""
+    s = cfg.sft
+    if s.data == "expert":
+        examples = expert_examples(cfg, s.examples if s.max_examples is None else min(s.examples, s.max_examples))
+    else:
+        examples = jsonl_examples(s.data, make_template(cfg))
+    return examples if s.max_examples is None else examples[: s.max_examples]
+
+
+# ---------------------------------------------------------------- batches and loss
+
+
+@dataclass
+class Encoded:
+    """An example processed once: prompt tensors and answer token ids (EOS included)."""
+
+    prompt: Prompt
+    answer_ids: Tensor
+
+
+def encode(policy: PolicyModule, examples: list[Example]) -> list[Encoded]:
+    tok = policy.tokenizer
+    out = []
+    for ex in examples:
+        ids = tok(ex.answer, add_special_tokens=False).input_ids + [policy.eos_id]
+        out.append(Encoded(policy.encode(ex.messages, ex.image), torch.tensor(ids, dtype=torch.long)))
+    return out
+
+
+def collate(policy: PolicyModule, batch: list[Encoded]) -> tuple[dict[str, Tensor], Tensor]:
+    """Model inputs [left-padded prompt | right-padded answer] and labels (B, P + L), -100 off the answer."""
+    inputs = policy.collate_train([e.prompt for e in batch], [e.answer_ids for e in batch],
+                                  [torch.ones(len(e.answer_ids)) for e in batch])
+    labels = torch.full_like(inputs.model_inputs["input_ids"], IGNORE)
+    labels[:, inputs.prompt_len:] = torch.where(inputs.weights > 0, inputs.gen_ids, IGNORE)
+    return inputs.model_inputs, labels
+
+
+def sft_loss(model: torch.nn.Module, inputs: dict[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy over answer tokens, and their greedy token accuracy."""
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    labels = labels.to(device)
+    first = int((labels != IGNORE).any(0).int().argmax())  # no logits needed before the answer
+    logits = model(**inputs, use_cache=False, logits_to_keep=labels.shape[1] - first + 1).logits
+    logits, target = logits[:, :-1].float(), labels[:, first:]  # position i predicts token i + 1
+    mask = target != IGNORE
+    loss = torch.nn.functional.cross_entropy(logits[mask], target[mask])
+    acc = (logits[mask].argmax(-1) == target[mask]).float().mean()
+    return loss, acc
+
+
+def param_groups(model: torch.nn.Module, lr: float, vision_lr: float | None) -> list[dict[str, Any]]:
+    """Trainable parameters in two groups: the vision path (``vision_lr``) and the rest (``lr``)."""
+    vision, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (vision if any(k in name for k in VISION_KEYS) else rest).append(p)
+    groups = [{"params": rest, "lr": lr}]
+    if vision:
+        groups.append({"params": vision, "lr": vision_lr if vision_lr is not None else lr})
+    return groups
+
+
+# ---------------------------------------------------------------- the run
+
+
+def build_policy(cfg: Config) -> PolicyModule:
+    """Model with the configured fine-tuning, wrapped as a PolicyModule (value head frozen: not trained here)."""
+    model, processor = load_vlm(cfg.model)
+    model = apply_finetuning(model, cfg.model)
+    policy = PolicyModule(
+        model, processor, thought_coef=cfg.policy.thought_coef, value_hidden=list(cfg.policy.value_hidden),
+        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
+        image_size=cfg.model.image_size,
+    )
+    policy.value_head.requires_grad_(False)
+    return policy
+
+
+def image_only(example: Example) -> Example:
+    """The example with the prompt's text removed: the answer must come from the image (warm-up stage)."""
+    messages = [{**m, "content": [c for c in m["content"] if c.get("type") == "image"]} for m in example.messages]
+    return replace(example, messages=messages)
+
+
+def train(policy: PolicyModule, data: list[Encoded], cfg: Config, console: Console | None = None,
+          warmup: list[Encoded] | None = None) -> dict[str, float]:
+    """``sft.image_only_epochs`` passes over ``warmup``, then ``sft.epochs`` over ``data`` (Adam, one cosine).
+
+    Returns the last epoch's mean loss and token accuracy, seconds and steps.
+    """
+    s = cfg.sft
+    model = policy.model
+    model.train()
+    optimizer = torch.optim.Adam(param_groups(model, s.lr, s.vision_lr))
+    stages = [("image only", warmup or [])] * s.image_only_epochs + [("", data)] * s.epochs
+    stages = [(name, d) for name, d in stages if d]
+    total = sum(math.ceil(len(d) / s.batch_size) for _, d in stages)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # cosine to a tenth of each group's lr
+        optimizer, lambda i: 0.1 + 0.45 * (1 + math.cos(math.pi * min(i, total) / total)))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    progress = Progress(TextColumn("[bold]SFT"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
+                        console=console or Console(stderr=True))
+    task = progress.add_task("sft", total=total, status="")
+    sums = {"loss": 0.0, "token_accuracy": 0.0}
+    t0 = time.perf_counter()
+    with progress:
+        for epoch, (stage, epoch_data) in enumerate(stages):
+            sums = {"loss": 0.0, "token_accuracy": 0.0}
+            for idx in torch.randperm(len(epoch_data), generator=gen).split(s.batch_size):
+                inputs, labels = collate(policy, [epoch_data[i] for i in idx.tolist()])
+                loss, acc = sft_loss(model, inputs, labels)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], s.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                loss_f, acc_f = float(loss.detach()), float(acc.detach())  # device sync, once per step
+                sums["loss"] += loss_f * len(idx)
+                sums["token_accuracy"] += acc_f * len(idx)
+                progress.update(task, advance=1, status=f"epoch {epoch + 1}/{len(stages)} {stage}  "
+                                                        f"loss {loss_f:.4f}  token acc {acc_f:.1%}")
+    model.eval()
+    metrics = {k: v / len(stages[-1][1]) for k, v in sums.items()}
+    metrics.update(seconds=time.perf_counter() - t0, steps=float(total), examples=float(len(data)))
+    return metrics
+
+
+def sft(cfg: Config, argv: list[str] | None = None) -> Path:
+    """Run SFT as configured; returns the checkpoint directory (``<trainer.out_dir>/checkpoints/sft``)."""
+    from transformers.utils import logging as hf_logging
+
+    from agentrl.fit import set_threads
+
+    hf_logging.disable_progress_bar()
+    set_threads(cfg.trainer.num_threads, 1)
+    torch.manual_seed(cfg.seed)
+    console = Console(stderr=True)
+    policy = build_policy(cfg)
+    examples = load_examples(cfg)
+    console.log(f"sft: {len(examples)} examples from {cfg.sft.data}; e.g. {examples[0].answer}")
+    warmup = encode(policy, [image_only(e) for e in examples]) if cfg.sft.image_only_epochs else None
+    metrics = train(policy, encode(policy, examples), cfg, console, warmup)
+    out_dir = Path(cfg.trainer.out_dir)
+    meta = run_meta(list(argv or sys.argv))
+    state = {"format_version": 1, "kind": "sft", "update": 0, "metrics": metrics}
+    ckpt = save_checkpoint(out_dir / "checkpoints" / "sft", policy=policy, trainer_state=state,
+                           config_yaml=to_yaml(cfg), meta=meta)
+    (ckpt / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
+    console.log(f"sft: loss {metrics['loss']:.4f}, token accuracy {metrics['token_accuracy']:.1%} in "
+                f"{metrics['seconds']:.0f} s; checkpoint {ckpt} (start PPO with policy.init_from={ckpt})")
+    return ckpt

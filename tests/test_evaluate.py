@@ -1,0 +1,136 @@
+"""agentrl eval: exact episode counts, held-out seeds, the JSON it writes, and clear config errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agentrl.config import load_config
+from agentrl.envs.base import EnvObs, EnvStep, EpisodeStats
+from agentrl.envs.gym_cards.module import env_seed
+from agentrl.evaluate import run_episodes, summarize
+from agentrl.parsing import JsonActionParser
+from agentrl.policy import Generation
+from agentrl.prompts import GymCardsTemplate
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["env.num_envs=3", "rollout.steps_per_update=9", "ppo.minibatch_size=9", "ppo.micro_batch_size=3",
+         "rollout.max_new_tokens=16", "trainer.num_threads=1"]
+KEYS = {"env", "split", "checkpoint", "greedy", "seed", "episodes", "success_rate", "mean_return", "mean_length",
+        "parse_failure_rate", "steps", "seconds", "by_task_type", "per_episode"}
+
+
+class FakeEnvs:
+    """Env i's episodes last i + 1 steps; the k-th episode overall is a success when k is even."""
+
+    num_envs = 3
+
+    def reset(self, seed):
+        self.t = [0] * self.num_envs
+        self.started = list(range(self.num_envs))
+        self.next = self.num_envs
+        return [self._obs() for _ in range(self.num_envs)]
+
+    def _obs(self):
+        return EnvObs(image=None, text="", legal_actions=["-", "+"], env_id="numberline")
+
+    def step(self, actions):
+        episodes = [None] * self.num_envs
+        for i in range(self.num_envs):
+            self.t[i] += 1
+            if self.t[i] == i + 1:
+                k = self.started[i]
+                episodes[i] = EpisodeStats(ret=1.0 if k % 2 == 0 else -1.0, length=self.t[i], success=k % 2 == 0,
+                                           task_type="pick" if i == 0 else "heat")
+                self.t[i], self.started[i], self.next = 0, self.next, self.next + 1
+        n = self.num_envs
+        return EnvStep(obs=[self._obs() for _ in range(n)], reward=np.zeros(n, np.float32),
+                       terminated=np.array([e is not None for e in episodes]), truncated=np.zeros(n, bool),
+                       final_obs=[None] * n, episodes=episodes)
+
+
+class FakePolicy:
+    """Answers "+" in valid JSON, except every third call's first answer is garbage."""
+
+    calls = 0
+
+    def encode(self, messages, image):
+        return {}
+
+    def generate(self, prompts, greedy=False):
+        self.calls += 1
+        texts = ['{"action": "+"}'] * len(prompts)
+        if self.calls % 3 == 0:
+            texts[0] = "no idea"
+        return Generation(ids=[], texts=texts)
+
+
+@pytest.mark.parametrize("episodes", [1, 5, 8])
+def test_run_episodes_counts_exactly_the_first_started(episodes):
+    records = run_episodes(FakePolicy(), FakeEnvs(), GymCardsTemplate(cot=False), JsonActionParser(), episodes,
+                           seed=0, greedy=True)
+    assert len(records) == episodes
+    # episode k (in start order) succeeded iff k is even, whichever env played it and however long it was
+    assert [r["success"] for r in records] == [k % 2 == 0 for k in range(episodes)]
+    summary = summarize(records)
+    assert summary["episodes"] == episodes and summary["steps"] == sum(r["length"] for r in records)
+    fails = sum(r["parse_failures"] for r in records)
+    assert summary["parse_failure_rate"] == pytest.approx(fails / summary["steps"])
+    if episodes == 8:
+        assert fails > 0 and {r["task_type"] for r in records} == {"pick", "heat"}
+
+
+def test_eval_seeds_are_disjoint_from_training_seeds():
+    train = {env_seed(s, "train", i) for s in range(50) for i in range(16)}
+    held_out = {env_seed(s, "eval", i) for s in range(50) for i in range(16)}
+    assert len(train) == len(held_out) == 800 and not train & held_out
+
+
+@pytest.fixture(scope="module")
+def sft_checkpoint(tmp_path_factory, tiny_path):
+    from agentrl.sft import sft
+
+    out = tmp_path_factory.mktemp("sft")
+    cfg = load_config(ROOT / "conf/sft/numberline.yaml", [*SMALL, "sft.examples=12", "sft.epochs=1",
+                                                           "sft.batch_size=6", f"trainer.out_dir={out}"])
+    return sft(cfg, argv=["test"])
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "agentrl.cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_eval_writes_the_documented_json(sft_checkpoint, tmp_path):
+    out = tmp_path / "e.json"
+    proc = _cli("eval", "-c", str(ROOT / "conf/numberline.yaml"), *SMALL, "--checkpoint", str(sft_checkpoint),
+                "--episodes", "7", "--greedy", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "held-out" in proc.stderr
+    result = json.loads(out.read_text())
+    assert set(result) == KEYS
+    assert result["episodes"] == len(result["per_episode"]) == 7
+    assert result["steps"] == sum(r["length"] for r in result["per_episode"])
+    assert result["split"] == "eval" and result["greedy"] is True and result["env"] == "numberline"
+    assert 0 <= result["success_rate"] <= 1 and 0 <= result["parse_failure_rate"] <= 1
+    assert result["by_task_type"] == {}  # NumberLine has no task types
+
+
+def test_eval_default_output_is_in_the_checkpoint(sft_checkpoint):
+    from agentrl.evaluate import evaluate
+
+    cfg = load_config(ROOT / "conf/numberline.yaml", [*SMALL, "env.num_envs=1"])
+    result = evaluate(cfg, str(sft_checkpoint), 2, greedy=False)
+    assert json.loads((sft_checkpoint / "eval.json").read_text())["episodes"] == result["episodes"] == 2
+
+
+def test_cli_eval_other_config_exits_2(sft_checkpoint):
+    proc = _cli("eval", "-c", str(ROOT / "conf/numberline.yaml"), *SMALL, "model.finetune=lora",
+                "--checkpoint", str(sft_checkpoint), "--episodes", "2")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "does not fit this config" in err[0] and "model.finetune=full" in err[0]
+    proc = _cli("eval", "-c", str(ROOT / "conf/numberline.yaml"), "--checkpoint", "/nonexistent", "--episodes", "2")
+    assert proc.returncode == 2 and "--checkpoint='/nonexistent'" in proc.stderr

@@ -1,0 +1,131 @@
+"""SFT: expert data shape and noise, answer-only labels, and checkpoints that fit and model.path accept."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from agentrl import sft as S
+from agentrl.config import ConfigError, load_config
+from agentrl.fit import build
+
+ROOT = Path(__file__).resolve().parents[1]
+NL = ROOT / "conf/sft/numberline.yaml"
+SMALL = ["env.num_envs=4", "rollout.steps_per_update=8", "ppo.minibatch_size=8", "ppo.micro_batch_size=4",
+         "rollout.max_new_tokens=16", "trainer.num_threads=1"]
+
+
+@pytest.mark.parametrize("cot", [True, False])
+def test_expert_data_is_the_templates_json(cot):
+    cfg = load_config(NL, [f"prompt.cot={str(cot).lower()}", "sft.explore=0.5"])
+    examples = S.expert_examples(cfg, 64)
+    assert len(examples) == 64
+    keys = ["current number", "target number", "thoughts", "action"] if cot else ["action"]
+    pairs = set()
+    for ex in examples:
+        answer = json.loads(ex.answer)
+        assert list(answer) == keys
+        assert answer["action"] == ex.expert_action in ex.obs.legal_actions  # noise=0: always the expert's
+        if cot:
+            assert (answer["current number"], answer["target number"]) == (ex.obs.extra["current"],
+                                                                         ex.obs.extra["target"])
+        pairs.add((ex.obs.extra["current"], ex.obs.extra["target"]))
+        assert ex.image is not None and ex.messages[0]["content"][0] == {"type": "image"}
+    assert len(pairs) >= 15  # explore makes states diverse (30 exist)
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.3, 1.0])
+def test_noise_is_the_share_of_non_expert_labels(noise):
+    cfg = load_config(NL, [f"sft.noise={noise}", "prompt.cot=false"])
+    examples = S.expert_examples(cfg, 1000)
+    share = np.mean([json.loads(ex.answer)["action"] != ex.expert_action for ex in examples])
+    assert abs(share - noise) < 0.05, share  # binomial sd at 0.3 is 0.015
+
+
+def test_config_rejects_bad_sft_values():
+    with pytest.raises(ConfigError, match="sft.noise"):
+        load_config(NL, ["sft.noise=1.5"])
+    with pytest.raises(ConfigError, match="sft.data"):
+        load_config(NL, ["sft.data=expret"])
+
+
+def test_jsonl_data(tmp_path):
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "prompt": "What is shown?", "answer": '{"action": "+"}'},
+            {"image": None, "obs": {"text": "Target: 1\nCurrent: 2", "legal_actions": ["-", "+"],
+                                    "env_id": "numberline"}, "answer": {"thoughts": "down", "action": "-"}}]
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = load_config(NL, [f"sft.data={path}", "prompt.cot=false"])
+    a, b = S.load_examples(cfg)
+    assert a.image.shape == (32, 32, 3) and a.messages[0]["content"][1]["text"] == "What is shown?"
+    assert b.image is None and json.loads(b.answer) == {"action": "-"}  # the template's no-CoT answer
+    assert "Legal actions" in b.messages[0]["content"][0]["text"]
+    path.write_text('{"prompt": "x"}\n')
+    with pytest.raises(ConfigError, match="d.jsonl:1"):
+        S.load_examples(cfg)
+
+
+def test_loss_only_on_answer_tokens(tiny_path):
+    cfg = load_config(NL, ["sft.examples=3"])
+    policy = S.build_policy(cfg)
+    data = S.encode(policy, S.expert_examples(cfg, 3))
+    inputs, labels = S.collate(policy, data)
+    ids = inputs["input_ids"]
+    for row, ex in enumerate(data):
+        n = len(ex.answer_ids)
+        prompt_width = ids.shape[1] - max(len(e.answer_ids) for e in data)
+        assert (labels[row, :prompt_width] == S.IGNORE).all()  # every prompt token (and its padding)
+        assert torch.equal(labels[row, prompt_width:prompt_width + n], ex.answer_ids)
+        assert (labels[row, prompt_width + n:] == S.IGNORE).all()  # answer padding
+        assert ex.answer_ids[-1] == policy.eos_id
+    loss, _ = S.sft_loss(policy.model, inputs, labels)
+    reference = policy.model(**inputs, labels=labels, use_cache=False).loss  # HF's own shift and mask
+    torch.testing.assert_close(loss, reference)
+
+
+def _params(policy):
+    return {n: p.detach().clone() for n, p in policy.model.named_parameters()}
+
+
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_sft_checkpoint_starts_fit(tmp_path, tiny_path, finetune):
+    extra = [] if finetune == "full" else ["model.finetune=lora", "model.lora.r=4", "model.lora.alpha=8"]
+    cfg = load_config(NL, [*SMALL, *extra, "sft.examples=16", "sft.epochs=1", "sft.batch_size=8",
+                           "sft.lr=1e-3", f"trainer.out_dir={tmp_path}"])
+    ckpt = S.sft(cfg, argv=["test"])
+    assert ckpt == tmp_path / "checkpoints" / "sft"
+    for f in ("trainable.pt", "config.yaml", "meta.json", "trainer_state.pt", "sft_metrics.json"):
+        assert (ckpt / f).is_file(), f
+    assert (ckpt / ("model" if finetune == "full" else "adapter")).is_dir()
+    saved = torch.load(ckpt / "trainable.pt", weights_only=True)
+    assert not any(k.startswith("value_head.") for k in saved)
+
+    torch.manual_seed(0)
+    fresh, data = build(load_config(ROOT / "conf/numberline.yaml", [*SMALL, *extra]))
+    data.envs.close()
+    # policy.init_from = the run dir (its latest checkpoint) gives the SFT weights at update 0
+    torch.manual_seed(0)
+    started, data = build(load_config(ROOT / "conf/numberline.yaml", [*SMALL, *extra,
+                                                                      f"policy.init_from={tmp_path}"]))
+    data.envs.close()
+    now = dict(started.named_parameters())
+    assert saved and all(torch.equal(now[k], v) for k, v in saved.items())
+    assert any(not torch.equal(now[k], v) for k, v in fresh.named_parameters() if k in saved)  # SFT moved them
+    for k, v in fresh.value_head.state_dict().items():  # a fresh value head
+        torch.testing.assert_close(started.value_head.state_dict()[k], v)
+
+    # trainer.resume stays strict: an SFT checkpoint has no value head or optimizer to continue
+    from agentrl.checkpoint import load_trainable
+
+    with pytest.raises(ConfigError, match="does not fit this config"):
+        load_trainable(started, ckpt)
+
+    if finetune == "full":  # DIR/model is a plain Hugging Face checkpoint
+        plain, data = build(load_config(ROOT / "conf/numberline.yaml", [*SMALL, f"model.path={ckpt}/model"]))
+        data.envs.close()
+        loaded = _params(plain)
+        assert all(torch.equal(loaded[k.removeprefix("model.")], v) for k, v in saved.items())

@@ -178,7 +178,7 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
 
         # 5. log and checkpoint
         window.extend(e.success for e in rollout.episodes)
-        metrics = update_metrics(fabric, rollout, losses, window, t_collect, t_update)
+        metrics = update_metrics(fabric, rollout, losses, window, t_collect, t_update, data.envs.dropped_episodes)
         counters["env_steps"] += int(metrics.pop("_samples"))
         counters["episodes"] += int(metrics["charts/episodes"])
         metrics["lr"] = scheduler.get_last_lr()[0]
@@ -285,13 +285,14 @@ def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, ro
 
 
 def update_metrics(fabric: Fabric, rollout: Rollout, losses: dict[str, float], window: deque,
-                   t_collect: float, t_update: float) -> dict[str, float]:
+                   t_collect: float, t_update: float, dropped: int = 0) -> dict[str, float]:
     """The documented TensorBoard scalars: counts summed over ranks, losses and timings averaged."""
     eps = rollout.episodes
     s = reduce_sums(fabric, {
         "episodes": len(eps), "ret": sum(e.ret for e in eps), "len": sum(e.length for e in eps),
         "win_ok": sum(window), "win_n": len(window), "failures": rollout.parse_failures,
         "samples": rollout.size, "tokens": rollout.gen_tokens, "reward": float(rollout.rewards.sum()),
+        "dropped": dropped,
     })
     nan = float("nan")
     m = {
@@ -301,6 +302,7 @@ def update_metrics(fabric: Fabric, rollout: Rollout, losses: dict[str, float], w
         "charts/episodes": s["episodes"],
         "charts/reward_mean": s["reward"] / s["samples"],
         "parse/failure_rate": s["failures"] / s["samples"],
+        "charts/dropped_episodes": s["dropped"],
     }
     local = {
         "perf/env_steps_per_s": rollout.size / t_collect,

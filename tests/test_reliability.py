@@ -140,3 +140,24 @@ def test_kill_9_mid_run_then_resume(tmp_path, tiny_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from {resumed}" in proc.stderr + proc.stdout
     assert checkpoint.load_trainer_state(ckpts / "update_000005")["update"] == 5
+
+
+def test_dead_env_worker_is_restarted_and_its_episodes_counted():
+    from agentrl.config import EnvConfig
+    from agentrl.envs.gym_cards import NumberLineModule
+
+    m = NumberLineModule(EnvConfig(name="numberline", num_envs=2, vector="async"))
+    try:
+        before = m.reset(0)
+        m.envs.processes[1].kill()
+        m.envs.processes[1].join()
+        with pytest.warns(UserWarning, match="env worker died"):
+            step = m.step(["+", "-"])
+        assert step.truncated.all() and not step.terminated.any()
+        assert [o.text for o in step.final_obs] == [o.text for o in before]
+        assert m.dropped_episodes == 2 and m.restarts == 1
+        for _ in range(12):  # the new workers run whole episodes, which end and report again
+            step = m.step(["+", "+"])
+        assert all(p.is_alive() for p in m.envs.processes)
+    finally:
+        m.close()

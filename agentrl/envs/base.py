@@ -74,6 +74,8 @@ class EnvModule(ABC):
     """Game family ("gym_cards", "alfworld"): picks the default prompt template and parser."""
 
     num_envs: int
+    dropped_episodes: int = 0
+    """Episodes lost because an env worker died and was restarted (counted, logged, never silent)."""
 
     @abstractmethod
     def reset(self, seed: int) -> list[EnvObs]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import warnings
 from functools import partial
 from typing import Any, ClassVar
 
@@ -88,25 +89,54 @@ class GymCardsModule(EnvModule):
         self.split = split
         self.num_envs = cfg.num_envs
         self.with_image = cfg.image == "auto"
-        fns = [partial(make_env, gym_id, options, cfg.max_episode_steps) for _ in range(cfg.num_envs)]
-        mode = gymnasium.vector.AutoresetMode.SAME_STEP
-        if cfg.vector == "async":
-            self.envs = gymnasium.vector.AsyncVectorEnv(fns, context="spawn", autoreset_mode=mode)
-        else:
-            self.envs = gymnasium.vector.SyncVectorEnv(fns, autoreset_mode=mode)
+        self._fns = [partial(make_env, gym_id, options, cfg.max_episode_steps) for _ in range(cfg.num_envs)]
+        self._async = cfg.vector == "async"
+        self.envs = self._make_vector()
         self.action_names: list[str] = list(self.envs.get_attr("action_names")[0])
         self._index = {name: i for i, name in enumerate(self.action_names)}
         self._returns = np.zeros(self.num_envs)
         self._lengths = np.zeros(self.num_envs, dtype=int)
         self._started = False
+        self.restarts = 0
+        self.dropped_episodes = 0
+
+    def _make_vector(self) -> gymnasium.vector.VectorEnv:
+        mode = gymnasium.vector.AutoresetMode.SAME_STEP
+        if self._async:
+            return gymnasium.vector.AsyncVectorEnv(self._fns, context="spawn", autoreset_mode=mode)
+        return gymnasium.vector.SyncVectorEnv(self._fns, autoreset_mode=mode)
 
     def reset(self, seed: int) -> list[EnvObs]:
+        self._seed = seed
         seeds = [env_seed(seed, self.split, i) for i in range(self.num_envs)]
         obs, infos = self.envs.reset(seed=seeds)
         self._returns[:] = 0
         self._lengths[:] = 0
         self._started = True
-        return [self._obs(obs[i], _unbatch(infos, i)) for i in range(self.num_envs)]
+        self._last = [self._obs(obs[i], _unbatch(infos, i)) for i in range(self.num_envs)]
+        return self._last
+
+    def _recover(self, error: Exception) -> EnvStep:
+        """A worker process died: restart the workers on fresh seeds, drop the episodes in progress.
+
+        Every env's episode is lost with the vector env, so all are reported as
+        truncated at their last observation (the learner bootstraps from its value)
+        and counted in ``dropped_episodes``.
+        """
+        self.restarts += 1
+        self.dropped_episodes += self.num_envs
+        warnings.warn(f"{self.game}: an env worker died ({type(error).__name__}: {error}); restarted the workers, "
+                      f"dropped {self.num_envs} episodes in progress (restart {self.restarts})", stacklevel=3)
+        try:
+            self.envs.close(terminate=True)
+        except Exception:  # the broken pipe that brought us here may fail the close too
+            pass
+        self.envs = self._make_vector()
+        final = self._last
+        obs = self.reset(self._seed + 1_000_003 * self.restarts)
+        n = self.num_envs
+        return EnvStep(obs=obs, reward=np.zeros(n, np.float32), terminated=np.zeros(n, bool),
+                       truncated=np.ones(n, bool), final_obs=list(final), episodes=[None] * n)
 
     def step(self, actions: list[str]) -> EnvStep:
         if not self._started:
@@ -116,9 +146,12 @@ class GymCardsModule(EnvModule):
         for action in actions:
             if action not in self._index:
                 raise ValueError(f"action {action!r} is not one of {self.action_names} ({self.game})")
-        obs, reward, terminated, truncated, infos = self.envs.step(
-            np.array([self._index[a] for a in actions])
-        )
+        try:
+            obs, reward, terminated, truncated, infos = self.envs.step(np.array([self._index[a] for a in actions]))
+        except (EOFError, ConnectionError) as e:  # a worker process died (killed, segfault, out of memory)
+            if not self._async:
+                raise
+            return self._recover(e)
         self._returns += reward
         self._lengths += 1
         final_obs: list[EnvObs | None] = [None] * self.num_envs
@@ -129,8 +162,9 @@ class GymCardsModule(EnvModule):
             episodes[i] = EpisodeStats(ret=ret, length=int(self._lengths[i]), success=ret > 0)
             self._returns[i] = 0
             self._lengths[i] = 0
+        self._last = [self._obs(obs[i], _unbatch(infos, i)) for i in range(self.num_envs)]
         return EnvStep(
-            obs=[self._obs(obs[i], _unbatch(infos, i)) for i in range(self.num_envs)],
+            obs=self._last,
             reward=np.asarray(reward, dtype=np.float32),
             terminated=np.asarray(terminated, dtype=bool),
             truncated=np.asarray(truncated, dtype=bool),

@@ -120,3 +120,19 @@ def test_cli_config_errors_exit_2(tmp_path):
     assert proc.returncode == 2 and "ppo.clip" in proc.stderr and not (tmp_path / "sweep").exists()
     proc = run("fit", "--help")
     assert proc.returncode == 0 and "policy.thought_coef" in proc.stdout and "Lambda" in proc.stdout
+
+
+@pytest.mark.integration
+def test_cli_fit_alfworld_end_to_end(tmp_path, tiny_path):
+    """conf/alfworld.yaml on the real TextWorld engine, with async worker processes and scene images."""
+    out = tmp_path / "alf"
+    cmd = [sys.executable, "-m", "agentrl.cli", "fit", "-c", str(ROOT / "conf/alfworld.yaml"), "env.num_envs=2",
+           "rollout.steps_per_update=8", "ppo.minibatch_size=8", "ppo.micro_batch_size=4", "rollout.max_new_tokens=16",
+           "trainer.max_updates=1", "trainer.num_threads=1", f"trainer.out_dir={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("charts/env_steps")] == [8]
+    assert events.Scalars("parse/failure_rate")[0].value >= 0
+    assert (out / "checkpoints" / "update_000001" / "trainable.pt").is_file()

@@ -194,10 +194,13 @@ class RolloutConfig:
     """Nucleus sampling threshold."""
     max_new_tokens: int = 256
     """Longest generated answer."""
+    logprobs_from: str = "generate"
+    """Old log-probs and values: "generate" (from the sampling pass itself) or "forward" (a second scoring pass)."""
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"rollout.temperature must be > 0, got {self.temperature}")
+        _check_choice("rollout.logprobs_from", self.logprobs_from, ("generate", "forward"))
 
 
 @dataclass

@@ -62,7 +62,7 @@ def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1
     data = RolloutDataModule(
         cfg.steps_per_env(world_size), seed=cfg.seed + 100_003 * rank, cot=cfg.prompt.cot,
         failure_penalty=cfg.parser.failure_penalty, score_batch_size=cfg.ppo.micro_batch_size,
-        kl_coef=cfg.policy.kl_coef,
+        kl_coef=cfg.policy.kl_coef, logprobs_from=cfg.rollout.logprobs_from,
     )
     data.connect(policy, envs, template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state), parser_cls())
     policy.freeze_unreachable(data.current_prompts()[0])
@@ -223,7 +223,7 @@ def ppo_update(fabric: Fabric, policy: PolicyModule, policy_f: Any, optimizer: A
     for _ in range(p.epochs):
         epochs += 1
         epoch_kl = 0.0
-        for mb in data.minibatches(rollout.size, minibatch_size, shuffle):
+        for mb in data.minibatches(rollout.size, minibatch_size, shuffle, lengths=rollout.lengths):
             terms = accumulate_gradients(fabric, policy, policy_f, rollout, mb, cfg)
             grad_norm = fabric.clip_gradients(policy_f, optimizer, max_norm=p.max_grad_norm, error_if_nonfinite=False)
             if torch.isfinite(grad_norm):  # device sync, once per optimizer step

@@ -36,6 +36,10 @@ class Generation:
     """Per sample, the generated token ids (L_i,), up to and including EOS, no padding."""
     texts: list[str]
     """Per sample, the decoded answer."""
+    token_logp: list[Tensor] | None = None
+    """With ``score=True``: per sample, each token's log-prob (L_i,) under the tempered softmax."""
+    values: Tensor | None = None
+    """With ``score=True``: (B,) V(prompt) from the prefill's last-token hidden state."""
 
 
 @dataclass
@@ -126,26 +130,50 @@ class PolicyModule(L.LightningModule):
     # ------------------------------------------------------------ acting
 
     @torch.no_grad()
-    def generate(self, prompts: list[Prompt], greedy: bool = False) -> Generation:
-        """Sample (or with ``greedy``, arg-max decode) one answer per prompt in ONE batched generate call."""
+    def generate(self, prompts: list[Prompt], greedy: bool = False, score: bool = False) -> Generation:
+        """Sample (or with ``greedy``, arg-max decode) one answer per prompt in ONE batched generate call.
+
+        ``score=True`` also returns each token's log-prob and the prompt's value,
+        taken from the generate pass itself (no second forward): the raw logits of
+        every step (``output_logits``, B x L x vocab floats held until the end) and
+        the decoder's last-position output of the prefill, through a hook. They
+        match a teacher-forced re-forward up to float round-off.
+        """
         inputs = {k: v.to(self.device) for k, v in self.collate_prompts(prompts).items()}
         # top_k=0: sample from the full tempered softmax, the distribution the log-probs score
         sampling = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
-        out = self.model.generate(
-            **inputs,
-            **sampling,
-            max_new_tokens=self.max_new_tokens,
-            suppress_tokens=self.bad_ids or None,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.eos_id,
-        )
-        gen = out[:, inputs["input_ids"].shape[1] :].cpu()
+        prefill: list[Tensor] = []
+        hook = self.model.get_decoder().register_forward_hook(_first_last_hidden(prefill)) if score else None
+        try:
+            out = self.model.generate(
+                **inputs,
+                **sampling,
+                max_new_tokens=self.max_new_tokens,
+                suppress_tokens=self.bad_ids or None,
+                pad_token_id=self.pad_id,
+                eos_token_id=self.eos_id,
+                return_dict_in_generate=True,
+                output_logits=score,
+            )
+        finally:
+            if hook is not None:
+                hook.remove()
+        gen_dev = out.sequences[:, inputs["input_ids"].shape[1] :]
+        gen = gen_dev.cpu()
         is_eos = gen == self.eos_id
         lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, gen.shape[1])  # keep the EOS
         ids = [row[:n] for row, n in zip(gen, lengths.tolist())]
         texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        return Generation(ids=ids, texts=texts)
+        if not score:
+            return Generation(ids=ids, texts=texts)
+        # step t's logits predict token t; one (B, vocab) step at a time keeps the peak small
+        token_logp = torch.stack([
+            torch.log_softmax(step.float() / self.temperature, -1).gather(-1, gen_dev[:, t, None])[:, 0]
+            for t, step in enumerate(out.logits)], dim=1).cpu()
+        values = self.value_head(prefill[0]).float().cpu()
+        return Generation(ids=ids, texts=texts, token_logp=[row[:n] for row, n in zip(token_logp, lengths.tolist())],
+                          values=values)
 
     def token_weights(self, ids: Tensor, text: str, cot: bool) -> Tensor:
         """Per-token log-prob weights (L,) of one answer (see :func:`action_token_start`)."""
@@ -219,6 +247,21 @@ class PolicyModule(L.LightningModule):
         batch = {k: v.to(self.device) for k, v in self.collate_prompts(prompts).items()}
         out = self.model(**batch, output_hidden_states=True, use_cache=False, logits_to_keep=1)
         return self.value_head(out.hidden_states[-1][:, -1]).float().cpu()
+
+
+def _first_last_hidden(store: list[Tensor]):
+    """Forward hook: keep the last position of the decoder's first output (the prefill in generate).
+
+    With left padding that is every row's last prompt token, whose final (normed)
+    hidden state the value head reads, as in :meth:`PolicyModule.forward`.
+    """
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        if not store:
+            hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+            store.append(hidden[:, -1])
+
+    return hook
 
 
 def action_token_start(tokenizer: Any, ids: Tensor | list[int], text: str) -> int | None:

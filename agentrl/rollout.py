@@ -1,9 +1,11 @@
 """RolloutDataModule: regenerates on-policy data for every PPO update.
 
-Per env step: ONE batched ``generate`` for all envs, parse, step the envs.
-After the last step: ONE batched teacher-forced pass (in chunks) for old
-log-probs and values together, plus values of the observations that bootstrap
-(the last one, and final observations of truncated episodes). Episodes run on
+Per env step: ONE batched ``generate`` for all envs, which by default also
+gives the old log-probs and values (``rollout.logprobs_from=generate``), parse,
+step the envs. After the last step: values of the observations that bootstrap
+(the last one, and final observations of truncated episodes), and with
+``logprobs_from=forward`` ONE batched teacher-forced pass (in chunks) for the
+old log-probs and values instead. Episodes run on
 across updates; the data module keeps the envs' current observations.
 """
 
@@ -68,6 +70,11 @@ class Rollout:
     def size(self) -> int:
         return len(self.prompts)
 
+    @property
+    def lengths(self) -> Tensor:
+        """(B,) prompt + answer tokens of each sample: what a micro-batch pads to."""
+        return torch.tensor([p["input_ids"].shape[-1] + len(g) for p, g in zip(self.prompts, self.gen_ids)])
+
     def advantages_and_returns(self, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
         """GAE over the (T, N) grid, flattened back to (B,)."""
         T, N = self.rewards.shape
@@ -91,6 +98,7 @@ class RolloutDataModule:
         score_batch_size: int = 8,
         kl_coef: float = 0.0,
         log_samples: int = 4,
+        logprobs_from: str = "generate",
     ) -> None:
         self.steps_per_env = steps_per_env
         self.seed = seed
@@ -99,8 +107,10 @@ class RolloutDataModule:
         self.score_batch_size = score_batch_size
         self.kl_coef = kl_coef
         self.log_samples = log_samples
+        self.logprobs_from = logprobs_from  # "generate": old log-probs and values from the sampling pass
         self.rng = np.random.default_rng(seed)  # random legal action on a parse failure
         self._obs: list[EnvObs] | None = None
+        self._prompts: list[Prompt] | None = None  # encoded self._obs, kept from the last bootstrap
 
     def connect(self, policy: PolicyModule, envs: EnvModule, template: PromptTemplate,
                 parser: JsonActionParser) -> None:
@@ -132,10 +142,14 @@ class RolloutDataModule:
         failures = tokens = 0
         t_gen = t_env = 0.0
         to_log: list[tuple[EnvObs, str]] = []
+        from_generate = self.logprobs_from == "generate"
+        gen_logp: list[Tensor] = []
+        gen_values: list[Tensor] = []
         for t in range(T):
-            step_prompts = [self.encode(o) for o in self._obs]
+            step_prompts = self._prompts or [self.encode(o) for o in self._obs]
+            self._prompts = None
             t0 = time.perf_counter()
-            gen = self.policy.generate(step_prompts)
+            gen = self.policy.generate(step_prompts, score=from_generate)
             t_gen += time.perf_counter() - t0
             actions, penalties = [], np.zeros(N, np.float32)
             for i, (obs, text) in enumerate(zip(self._obs, gen.texts)):
@@ -147,6 +161,10 @@ class RolloutDataModule:
                     penalties[i] = self.failure_penalty
                     failures += 1
                 weights.append(self.policy.token_weights(gen.ids[i], text, self.cot))
+                if from_generate:
+                    gen_logp.append((gen.token_logp[i] * weights[-1]).sum())
+            if from_generate:
+                gen_values.append(gen.values)
             if t == 0:
                 to_log = list(zip(self._obs[: self.log_samples], gen.texts))
             t0 = time.perf_counter()
@@ -165,8 +183,12 @@ class RolloutDataModule:
 
         # ------------------------------------------------------------ 2. score
         t0 = time.perf_counter()
-        logp, values = self.score(prompts, gen_ids, weights)
-        last_values = self.policy.values([self.encode(o) for o in self._obs])
+        if from_generate:
+            logp, values = torch.stack(gen_logp), torch.cat(gen_values)
+        else:
+            logp, values = self.score(prompts, gen_ids, weights)
+        self._prompts = [self.encode(o) for o in self._obs]  # the next collect starts from these
+        last_values = self.policy.values(self._prompts)
         final_values = torch.zeros(T, N)
         if final:
             keys = list(final)
@@ -195,9 +217,12 @@ class RolloutDataModule:
         base model, with no second copy in memory.
         """
         logps, values = [], []
-        for lo in range(0, len(prompts), self.score_batch_size):
-            hi = lo + self.score_batch_size
-            inputs = self.policy.collate_train(prompts[lo:hi], gen_ids[lo:hi], weights[lo:hi])
+        # chunks of similar length pad less; results go back to the input order below
+        order = sorted(range(len(prompts)), key=lambda i: prompts[i]["input_ids"].shape[-1] + len(gen_ids[i]))
+        for lo in range(0, len(order), self.score_batch_size):
+            ix = order[lo : lo + self.score_batch_size]
+            inputs = self.policy.collate_train([prompts[i] for i in ix], [gen_ids[i] for i in ix],
+                                               [weights[i] for i in ix])
             if reference:
                 with self.policy.model.disable_adapter():
                     token_logp, v, _ = self.policy(inputs)
@@ -205,14 +230,21 @@ class RolloutDataModule:
                 token_logp, v, _ = self.policy(inputs)
             logps.append(ppo.weighted_logprob(token_logp.float().cpu(), inputs.weights))
             values.append(v.float().cpu())
-        return torch.cat(logps), torch.cat(values)
+        inverse = torch.argsort(torch.tensor(order))
+        return torch.cat(logps)[inverse], torch.cat(values)[inverse]
 
     # ------------------------------------------------------------ 4. PPO minibatches
 
-    def minibatches(self, size: int, minibatch_size: int, generator: torch.Generator) -> Iterator[Tensor]:
-        """Shuffled sample indices, ``minibatch_size`` at a time (the last may be smaller)."""
+    def minibatches(self, size: int, minibatch_size: int, generator: torch.Generator,
+                    lengths: Tensor | None = None) -> Iterator[Tensor]:
+        """Shuffled sample indices, ``minibatch_size`` at a time (the last may be smaller).
+
+        With ``lengths`` (B,), each minibatch is sorted by length, so its micro-batches
+        pad less; the minibatch, hence its gradient, is the same up to float round-off.
+        """
         order = torch.randperm(size, generator=generator)
-        yield from order.split(minibatch_size)
+        for mb in order.split(minibatch_size):
+            yield mb if lengths is None else mb[torch.argsort(lengths[mb], stable=True)]
 
     # ------------------------------------------------------------ resume
 
@@ -229,3 +261,4 @@ class RolloutDataModule:
             self._obs = state["obs"]
         else:
             self.seed += 1_000_003 * update
+        self._prompts = None

@@ -1,0 +1,240 @@
+"""Rollout throughput: a reference-style loop vs agentrl's batched ``collect``, in one process and one run.
+
+    python tools/bench_rollout.py                     # tiny model, NumberLine, CPU, 128 env steps
+    python tools/bench_rollout.py --sizes 1 4 16 64 --steps 128 --json
+    python tools/bench_rollout.py --model-path /models/llava --device cuda --dtype bfloat16
+
+(a) "reference": what the reference implementation does per process, written
+    out faithfully: one env, per step a batch-1 ``generate``, then a SEPARATE
+    batch-1 teacher-forced forward for the old log-prob and the value, then
+    parse and step.
+(b) "agentrl": ``RolloutDataModule.collect`` with ``num_envs`` envs (one
+    batched generate per env step, log-probs and values as the config says).
+
+Every variant takes the same number of env steps (``--steps``) with the same
+model weights, sampling settings (temperature, top_p, top_k=0) and
+``max_new_tokens``, seeded the same.
+
+Answer lengths: a randomly initialised tiny model emits answers of 2 to
+``max_new_tokens`` tokens at random, and a batched generate runs until its
+longest row stops, so the amount of work would differ from variant to
+variant by chance. By default (``--lengths fixed``) every answer is forced to
+exactly ``max_new_tokens`` tokens (``min_new_tokens = max_new_tokens``: EOS is
+masked until then), so every variant generates and scores the same number of
+tokens and env-steps/s compare like for like. ``--lengths free`` samples
+freely instead (closer to a trained model's short answers); compare tokens/s
+then. A trained agent's answers are of similar length, so "fixed" is the
+closer proxy for padding waste in batched generation too.
+
+Peak memory is per variant: on CPU the process's resident-set high-water mark
+(VmHWM, reset between variants through /proc/self/clear_refs; the RSS
+includes the model and Python itself), on CUDA ``torch.cuda.max_memory_allocated``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agentrl import ppo
+from agentrl.config import load_config
+from agentrl.fit import build
+from agentrl.policy import PolicyModule
+from agentrl.rollout import RolloutDataModule
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- memory
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return
+    # Linux: writing 5 resets this process's VmHWM; elsewhere ru_maxrss is the high-water mark so far
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- the two loops
+
+
+@torch.no_grad()
+def reference_loop(policy: PolicyModule, data: RolloutDataModule, steps: int, seed: int) -> dict[str, Any]:
+    """One env, per step: batch-1 generate, then a second batch-1 forward for log-prob and value."""
+    envs, template, parser = data.envs, data.template, data.parser
+    assert envs.num_envs == 1, "the reference runs one env per process"
+    rng = np.random.default_rng(seed)
+    obs = envs.reset(seed)
+    tokens = 0
+    t_gen = t_score = 0.0
+    for _ in range(steps):
+        prompt = policy.encode(template.messages(obs[0]), obs[0].image)
+        t0 = time.perf_counter()
+        gen = policy.generate([prompt])
+        sync(policy.device)
+        t1 = time.perf_counter()
+        weights = [policy.token_weights(gen.ids[0], gen.texts[0], data.cot)]
+        inputs = policy.collate_train([prompt], gen.ids, weights)
+        token_logp, value, _ = policy(inputs)
+        logp = ppo.weighted_logprob(token_logp.float().cpu(), inputs.weights)  # noqa: F841 (stored by the reference)
+        value = value.float().cpu()
+        t_gen, t_score = t_gen + t1 - t0, t_score + time.perf_counter() - t1
+        result = parser.parse(gen.texts[0], obs[0].legal_actions)
+        action = result.action if result.ok else obs[0].legal_actions[rng.integers(len(obs[0].legal_actions))]
+        obs = envs.step([action]).obs
+        tokens += len(gen.ids[0])
+    return {"tokens": tokens, "generate_s": t_gen, "score_s": t_score}
+
+
+def agentrl_collect(data: RolloutDataModule) -> dict[str, Any]:
+    rollout = data.collect()
+    assert rollout.size == data.steps_per_env * data.envs.num_envs
+    return {"tokens": rollout.gen_tokens, "generate_s": rollout.timings["generate"],
+            "score_s": rollout.timings["score"]}
+
+
+# ---------------------------------------------------------------- harness
+
+
+def make_data(base: RolloutDataModule, cfg: Any, num_envs: int, steps: int) -> RolloutDataModule:
+    """A data module with ``num_envs`` fresh envs, sharing the policy, template and parser of ``base``."""
+    cfg.env.num_envs = num_envs
+    envs = type(base.envs)(cfg.env, split="train")
+    data = RolloutDataModule(steps // num_envs, seed=cfg.seed, cot=base.cot, failure_penalty=base.failure_penalty,
+                             score_batch_size=base.score_batch_size, log_samples=0,
+                             logprobs_from=base.logprobs_from)
+    data.connect(base.policy, envs, base.template, base.parser)
+    return data
+
+
+def timed(device: torch.device, seed: int, fn, *args) -> tuple[dict[str, Any], float, float]:
+    torch.manual_seed(seed)
+    reset_peak_memory(device)
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn(*args)
+    sync(device)
+    return out, time.perf_counter() - t0, peak_memory_mb(device)
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = [f"env.name={args.env}", "env.num_envs=1", f"rollout.steps_per_update={args.steps}",
+                 f"rollout.max_new_tokens={args.max_new_tokens}", f"model.path={args.model_path}",
+                 f"model.dtype={args.dtype}", "ppo.minibatch_size=1", "ppo.micro_batch_size=1",
+                 *args.override]
+    cfg = load_config(args.config, overrides)
+    for n in args.sizes:
+        if args.steps % n:
+            raise SystemExit(f"--steps ({args.steps}) must be a multiple of every --sizes value (got {n})")
+    torch.manual_seed(args.seed)
+    policy, base = build(cfg)
+    device = torch.device(args.device)
+    policy.to(device).eval()
+    if args.lengths == "fixed":
+        gen_model = policy.model.get_base_model() if hasattr(policy.model, "get_base_model") else policy.model
+        gen_model.generation_config.min_new_tokens = args.max_new_tokens
+
+    # warm-up (lazy inits, allocator, kernels): a few steps of each code path, untimed
+    reference_loop(policy, base, 2, args.seed)
+    agentrl_collect(make_data(base, cfg, 4, 4))
+
+    rows = []
+    out, wall, mem = timed(device, args.seed, reference_loop, policy, base, args.steps, args.seed)
+    rows.append({"variant": "reference", "num_envs": 1, "steps": args.steps, "wall_s": wall, "peak_mb": mem, **out})
+    base.envs.close()
+    for n in args.sizes:
+        data = make_data(base, cfg, n, args.steps)
+        out, wall, mem = timed(device, args.seed, agentrl_collect, data)
+        data.envs.close()
+        rows.append({"variant": "agentrl", "num_envs": n, "steps": args.steps, "wall_s": wall, "peak_mb": mem, **out})
+    ref = rows[0]["steps"] / rows[0]["wall_s"]
+    for r in rows:
+        r["env_steps_per_s"] = r["steps"] / r["wall_s"]
+        r["tokens_per_s"] = r["tokens"] / r["wall_s"]
+        r["speedup"] = r["env_steps_per_s"] / ref
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"rollout: {args.env}, {args.steps} env steps, max_new_tokens {args.max_new_tokens} "
+                        f"({args.lengths} lengths), {args.device} {args.dtype}, model {args.model_path}")
+    for col in ("variant", "envs", "env-steps/s", "tokens/s", "tokens", "generate s", "score s", "wall s",
+                "peak MB", "speedup"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in rows:
+        table.add_row(r["variant"], str(r["num_envs"]), f"{r['env_steps_per_s']:.1f}", f"{r['tokens_per_s']:.0f}",
+                      str(r["tokens"]), f"{r['generate_s']:.2f}", f"{r['score_s']:.2f}", f"{r['wall_s']:.2f}",
+                      f"{r['peak_mb']:.0f}", f"{r['speedup']:.2f}x")
+    Console(width=None if sys.stdout.isatty() else 150).print(table)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "conf/numberline.yaml"))
+    p.add_argument("--env", default="numberline")
+    p.add_argument("--model-path", default="tiny")
+    p.add_argument("--steps", type=int, default=128, help="env steps per variant (a multiple of every size)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64], help="num_envs for agentrl's collect")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--lengths", choices=("fixed", "free"), default="fixed",
+                   help="fixed: every answer is max_new_tokens long (equal work); free: sample EOS freely")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: see TINY_VLM.md's threads trap)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--override", nargs="*", default=[], help="extra dotted config overrides (rollout.top_p=0.9)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    args = parse_args(argv)
+    rows = run(args)
+    if args.json:
+        print(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    else:
+        print_table(rows, args)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""PPO update throughput: micro-batch 1 x accumulation (the reference) vs larger micro-batches.
+
+    python tools/bench_update.py                          # tiny model, NumberLine, CPU
+    python tools/bench_update.py --micro 1 8 16 --minibatch 32 --json
+    python tools/bench_update.py --model-path /models/llava --device cuda --dtype bfloat16
+
+One rollout is collected once; then, for every micro-batch size, one PPO epoch
+of gradient accumulation (``fit.accumulate_gradients`` over
+``RolloutDataModule.minibatches``, the same shuffled order every time, each
+minibatch sorted by length as ``fit`` does unless ``--no-sort``) runs on
+the same weights: no optimizer step, so every size must produce the same
+loss terms and the same accumulated gradients. Both are ASSERTED to match
+micro-batch 1 within float32 round-off before any speed is reported.
+samples/s = rollout samples / wall time of the epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric import Fabric
+
+from agentrl import ppo
+from agentrl.config import load_config
+from agentrl.fit import accumulate_gradients, build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def epoch(fabric: Fabric, policy: Any, policy_f: Any, data: Any, rollout: Any, cfg: Any, seed: int,
+          sort: bool = True) -> tuple[dict[str, float], dict[str, torch.Tensor], float]:
+    """One pass of gradient accumulation; returns summed loss terms, accumulated gradients, seconds."""
+    policy.zero_grad(set_to_none=True)
+    order = torch.Generator().manual_seed(seed)
+    sums: dict[str, float] = {}
+    t0 = time.perf_counter()
+    lengths = rollout.lengths if sort else None
+    for mb in data.minibatches(rollout.size, cfg.ppo.minibatch_size, order, lengths=lengths):
+        for k, v in accumulate_gradients(fabric, policy, policy_f, rollout, mb, cfg).items():
+            sums[k] = sums.get(k, 0.0) + v
+    if fabric.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    grads = {n: p.grad.detach().float().cpu().clone() for n, p in policy.named_parameters() if p.grad is not None}
+    return sums, grads, seconds
+
+
+def check_same(ref: tuple[dict, dict], got: tuple[dict, dict], micro: int, rtol: float) -> float:
+    """Assert loss terms and gradients match micro-batch 1; returns the worst relative gradient error."""
+    (t1, g1), (tm, gm) = ref, got
+    for k in t1:
+        assert abs(t1[k] - tm[k]) <= rtol * abs(t1[k]) + 1e-4, f"micro {micro}: loss {k} {tm[k]} != {t1[k]}"
+    assert g1.keys() == gm.keys() and g1, f"micro {micro}: different parameters got gradients"
+    total = sum(float(g.norm()) ** 2 for g in g1.values()) ** 0.5
+    for n in g1:  # per parameter, with a floor for the ones whose gradient is ~0 anyway
+        diff = float((g1[n] - gm[n]).norm())
+        assert diff <= rtol * float(g1[n].norm()) + 1e-6 * total, f"micro {micro}: gradient of {n} off by {diff:.2e}"
+    return sum(float((g1[n] - gm[n]).norm()) ** 2 for n in g1) ** 0.5 / total  # relative error of the whole
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = [f"env.name={args.env}", f"env.num_envs={args.num_envs}", f"rollout.steps_per_update={args.samples}",
+                 f"rollout.max_new_tokens={args.max_new_tokens}", f"model.path={args.model_path}",
+                 f"model.dtype={args.dtype}", f"ppo.minibatch_size={args.minibatch}", "ppo.micro_batch_size=1",
+                 *args.override]
+    cfg = load_config(args.config, overrides)
+    torch.manual_seed(args.seed)
+    policy, data = build(cfg)
+    fabric = Fabric(accelerator="cuda" if args.device.startswith("cuda") else "cpu", devices=1,
+                    precision=args.precision)
+    policy_f = fabric.setup_module(policy)
+    policy.value_head.float()
+    rollout = data.collect()
+    data.envs.close()
+    adv, ret = rollout.advantages_and_returns(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+    rollout.advantages, rollout.returns = ppo.whiten(adv, adv.mean(), adv.var(unbiased=False)), ret
+
+    cfg.ppo.micro_batch_size = min(args.micro)  # warm-up, untimed
+    epoch(fabric, policy, policy_f, data, rollout, cfg, args.seed)
+    rows, ref = [], None
+    for micro in args.micro:
+        cfg.ppo.micro_batch_size = micro
+        terms, grads, seconds = epoch(fabric, policy, policy_f, data, rollout, cfg, args.seed, sort=not args.no_sort)
+        if ref is None:
+            ref, err = (terms, grads), 0.0
+        else:
+            err = check_same(ref, (terms, grads), micro, args.rtol)
+        rows.append({"micro_batch": micro, "accumulation": -(-args.minibatch // micro), "samples": rollout.size,
+                     "seconds": seconds, "samples_per_s": rollout.size / seconds, "grad_rel_err": err,
+                     "loss_policy": terms["policy"], "loss_value": terms["value"],
+                     "gen_tokens": rollout.gen_tokens})
+    for r in rows:
+        r["speedup"] = r["samples_per_s"] / rows[0]["samples_per_s"]
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"PPO update: {rows[0]['samples']} samples ({rows[0]['gen_tokens']} answer tokens), "
+                        f"minibatch {args.minibatch}, {args.device} {args.precision}, model {args.model_path}")
+    for col in ("micro-batch", "accumulation", "samples/s", "seconds", "value loss", "grad rel err", "speedup"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["micro_batch"]), str(r["accumulation"]), f"{r['samples_per_s']:.1f}",
+                      f"{r['seconds']:.2f}", f"{r['loss_value']:.6f}", f"{r['grad_rel_err']:.1e}",
+                      f"{r['speedup']:.2f}x")
+    Console(width=None if sys.stdout.isatty() else 150).print(table)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "conf/numberline.yaml"))
+    p.add_argument("--env", default="numberline")
+    p.add_argument("--model-path", default="tiny")
+    p.add_argument("--samples", type=int, default=64, help="rollout size (env steps)")
+    p.add_argument("--num-envs", type=int, default=16)
+    p.add_argument("--minibatch", type=int, default=32, help="samples per optimizer step")
+    p.add_argument("--micro", type=int, nargs="+", default=[1, 8, 16, 32], help="micro-batch sizes; the first is "
+                   "the reference every other is checked against")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--precision", default="32-true", help="Fabric precision (bf16-mixed, ...)")
+    p.add_argument("--rtol", type=float, default=1e-4, help="tolerance on loss terms and gradients vs the first size")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: see TINY_VLM.md's threads trap)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--override", nargs="*", default=[], help="extra dotted config overrides")
+    p.add_argument("--no-sort", action="store_true", help="micro-batches in shuffled order, not sorted by length")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    args = parse_args(argv)
+    rows = run(args)
+    if args.json:
+        print(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    else:
+        print_table(rows, args)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

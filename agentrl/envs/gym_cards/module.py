@@ -10,6 +10,7 @@ does not reseed), so a run is reproducible from ``seed`` alone.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import pickle
 import warnings
@@ -127,10 +128,8 @@ class GymCardsModule(EnvModule):
         self.dropped_episodes += self.num_envs
         warnings.warn(f"{self.game}: an env worker died ({type(error).__name__}: {error}); restarted the workers, "
                       f"dropped {self.num_envs} episodes in progress (restart {self.restarts})", stacklevel=3)
-        try:
+        with contextlib.suppress(Exception):  # the broken pipe that brought us here may fail the close too
             self.envs.close(terminate=True)
-        except Exception:  # the broken pipe that brought us here may fail the close too
-            pass
         self.envs = self._make_vector()
         final = self._last
         obs = self.reset(self._seed + 1_000_003 * self.restarts)

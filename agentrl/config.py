@@ -255,12 +255,12 @@ class SFTConfig:
     """Use at most this many examples (either source); None uses all."""
     epochs: int = 3
     """Passes over the examples."""
-    image_only_epochs: int = 0
-    """Warm-up passes first, with the prompt's text removed, so the answer must come from the image."""
+    perception_epochs: int = 0
+    """Warm-up passes first: the image alone as prompt, the answer's fields before "thoughts" as target."""
     lr: float = 1e-4
     """Adam learning rate of the language model (cosine to lr / 10)."""
     vision_lr: float | None = None
-    """Learning rate of the vision tower and projector; None uses sft.lr."""
+    """Learning rate of the vision tower and projector; None uses sft.lr (a random-init vision path needs <= 1e-4)."""
     batch_size: int = 16
     """Examples per optimizer step."""
     max_grad_norm: float = 1.0

@@ -228,15 +228,27 @@ def build_policy(cfg: Config) -> PolicyModule:
     return policy
 
 
-def image_only(example: Example) -> Example:
-    """The example with the prompt's text removed: the answer must come from the image (warm-up stage)."""
+def perception(example: Example) -> Example:
+    """The warm-up form of ``example``: the image alone as prompt, and as answer only the fields read
+    from it (the JSON keys before "thoughts", e.g. NumberLine's numbers); the whole answer when it has none.
+    """
     messages = [{**m, "content": [c for c in m["content"] if c.get("type") == "image"]} for m in example.messages]
-    return replace(example, messages=messages)
+    answer = example.answer
+    try:
+        fields = json.loads(answer)
+    except ValueError:
+        fields = None
+    if isinstance(fields, dict) and "thoughts" in fields:
+        keys = list(fields)
+        seen = {k: fields[k] for k in keys[: keys.index("thoughts")]}
+        if seen:
+            answer = json.dumps(seen, ensure_ascii=False)
+    return replace(example, messages=messages, answer=answer)
 
 
 def train(policy: PolicyModule, data: list[Encoded], cfg: Config, console: Console | None = None,
           warmup: list[Encoded] | None = None) -> dict[str, float]:
-    """``sft.image_only_epochs`` passes over ``warmup``, then ``sft.epochs`` over ``data`` (Adam, one cosine).
+    """``sft.perception_epochs`` passes over ``warmup``, then ``sft.epochs`` over ``data`` (Adam, one cosine).
 
     Returns the last epoch's mean loss and token accuracy, seconds and steps.
     """
@@ -244,7 +256,7 @@ def train(policy: PolicyModule, data: list[Encoded], cfg: Config, console: Conso
     model = policy.model
     model.train()
     optimizer = torch.optim.Adam(param_groups(model, s.lr, s.vision_lr))
-    stages = [("image only", warmup or [])] * s.image_only_epochs + [("", data)] * s.epochs
+    stages = [("perception", warmup or [])] * s.perception_epochs + [("", data)] * s.epochs
     stages = [(name, d) for name, d in stages if d]
     total = sum(math.ceil(len(d) / s.batch_size) for _, d in stages)
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # cosine to a tenth of each group's lr
@@ -291,7 +303,7 @@ def sft(cfg: Config, argv: list[str] | None = None) -> Path:
     policy = build_policy(cfg)
     examples = load_examples(cfg)
     console.log(f"sft: {len(examples)} examples from {cfg.sft.data}; e.g. {examples[0].answer}")
-    warmup = encode(policy, [image_only(e) for e in examples]) if cfg.sft.image_only_epochs else None
+    warmup = encode(policy, [perception(e) for e in examples]) if cfg.sft.perception_epochs else None
     metrics = train(policy, encode(policy, examples), cfg, console, warmup)
     out_dir = Path(cfg.trainer.out_dir)
     meta = run_meta(list(argv or sys.argv))

@@ -8,7 +8,10 @@ the tasks' own prompts. It is saved exactly like a llava-hf checkpoint, so
 
 The defaults follow what was measured to learn from pixels on CPU in minutes
 (/work/shared/TINY_VLM.md): 112 px images, 28 px patches (16 image tokens),
-text hidden size 128 x 4 layers.
+text hidden size 128 x 4 layers, and pixels normalised so that white is 0: on
+the games' white pages CLIP's usual normalisation left ink only ~7% of the
+input (the model then never learned to read digits); with white at 0 the ink is
+the signal (experiments/tiny_vision/README.md).
 """
 
 from __future__ import annotations
@@ -61,6 +64,10 @@ class TinySpec:
     mlp_ratio: int = 4
     vocab_size: int = 3000
     max_positions: int = 2048
+    pixel_mean: float = 1.0
+    """Pixel value (0..1) the image processor maps to 0: white, so the blank page is 0 and only ink is signal."""
+    pixel_std: float = 0.5
+    """Pixel scale of the image processor: black ink becomes -2."""
     build_version: int = 1  # bump when the build code changes in a way the fields don't show
 
     @property
@@ -115,7 +122,8 @@ def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = No
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     side = {"height": spec.image_size, "width": spec.image_size}
     # The PIL backend directly: the default class wants torchvision and warns without it.
-    image_processor = CLIPImageProcessorPil(size=side, crop_size=side, do_center_crop=False)
+    image_processor = CLIPImageProcessorPil(size=side, crop_size=side, do_center_crop=False,
+                                           image_mean=[spec.pixel_mean] * 3, image_std=[spec.pixel_std] * 3)
     processor = LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,

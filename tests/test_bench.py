@@ -39,6 +39,14 @@ def test_logprobs_from_generate_match_a_scoring_forward(tiny_path):
     torch.manual_seed(0)
     policy, data = build(cfg)
     assert data.logprobs_from == "generate"
+    # a random model rarely says EOS: stop at a token it says at varied places, so answer lengths differ
+    first = data.collect()
+
+    def lengths(tok):
+        return {int((g == tok).nonzero()[0]) if (g == tok).any() else len(g) for g in first.gen_ids}
+
+    policy.eos_id = max(torch.cat(first.gen_ids).unique().tolist(), key=lambda t: len(lengths(t)))
+    data._obs = None  # replay the same states
     rollout = data.collect()
     assert len({len(g) for g in rollout.gen_ids}) > 1  # answers of different lengths: padding exercised
     logp, values = data.score(rollout.prompts, rollout.gen_ids, rollout.weights)

@@ -129,3 +129,43 @@ def test_sft_checkpoint_starts_fit(tmp_path, tiny_path, finetune):
         data.envs.close()
         loaded = _params(plain)
         assert all(torch.equal(loaded[k.removeprefix("model.")], v) for k, v in saved.items())
+
+
+@pytest.mark.integration
+def test_tiny_model_reads_the_digits_from_held_out_images(tiny_path):
+    """The known trap (TINY_VLM.md): the recipe in conf/sft/numberline.yaml must make the tiny model read pixels.
+
+    After its SFT, greedy answers on eval-split states (seeds disjoint from training) must name the
+    current and target numbers far above chance (1/6 each). NumberLine draws each (target, current)
+    pair identically, so held-out means unseen seeds and episodes, not unseen pixels.
+    """
+    import time
+
+    from agentrl.fit import set_threads
+
+    set_threads(1, 1)
+    cfg = load_config(NL, ["trainer.num_threads=1"])
+    torch.manual_seed(cfg.seed)
+    policy = S.build_policy(cfg)
+    examples = S.load_examples(cfg)
+    t0 = time.process_time()
+    warmup = S.encode(policy, [S.perception(e) for e in examples]) if cfg.sft.perception_epochs else None
+    S.train(policy, S.encode(policy, examples), cfg, warmup=warmup)
+    cpu_s = time.process_time() - t0
+
+    held_out = S.expert_examples(cfg, 90, split="eval", seed=1)
+    policy.max_new_tokens = 48
+    hits = {"current number": 0, "target number": 0, "action": 0}
+    for lo in range(0, len(held_out), 30):
+        batch = held_out[lo:lo + 30]
+        texts = policy.generate([e.prompt for e in S.encode(policy, batch)], greedy=True).texts
+        for ex, text in zip(batch, texts):
+            try:
+                got = json.loads(text)
+            except ValueError:
+                got = {}
+            for key in hits:
+                hits[key] += isinstance(got, dict) and got.get(key) == json.loads(ex.answer)[key]
+    acc = {k: v / len(held_out) for k, v in hits.items()}
+    print(f"held-out readout {acc}, SFT {cpu_s:.0f} CPU-s")
+    assert acc["current number"] >= 0.5 and acc["target number"] >= 0.5, acc

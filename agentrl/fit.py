@@ -29,7 +29,6 @@ from agentrl.checkpoint import (
 )
 from agentrl.config import Config, ConfigError, to_yaml
 from agentrl.distributed import Meeting, gather_objects, make_strategy, reduce_sums
-from agentrl.models import apply_finetuning, load_vlm
 from agentrl.policy import PolicyModule
 from agentrl.registry import ENVS, FAMILY_DEFAULTS, PARSERS, TEMPLATES, resolve
 from agentrl.report import Reporter
@@ -49,15 +48,7 @@ def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1
     if cfg.policy.kl_coef and cfg.model.finetune != "lora":
         raise ConfigError("policy.kl_coef > 0 needs model.finetune=lora (the reference policy is the base "
                           "model with adapters disabled)")
-    model, processor = load_vlm(cfg.model)
-    model = apply_finetuning(model, cfg.model)
-    policy = PolicyModule(
-        model, processor, thought_coef=cfg.policy.thought_coef, value_hidden=list(cfg.policy.value_hidden),
-        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
-        image_size=cfg.model.image_size,
-    )
-    if cfg.policy.init_from:
-        load_trainable(policy, resolve_resume(cfg.policy.init_from, "policy.init_from"), value_head=False)
+    policy = PolicyModule.from_config(cfg)
     envs = env_cls(cfg.env, split=split)
     data = RolloutDataModule(
         cfg.steps_per_env(world_size), seed=cfg.seed + 100_003 * rank, cot=cfg.prompt.cot,
@@ -66,6 +57,8 @@ def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1
     )
     data.connect(policy, envs, template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state), parser_cls())
     policy.freeze_unreachable(data.current_prompts()[0])
+    if cfg.policy.init_from:  # after the freeze: a fit checkpoint holds only what fit could train
+        load_trainable(policy, resolve_resume(cfg.policy.init_from, "policy.init_from"), value_head=False)
     return policy, data
 
 

@@ -103,6 +103,19 @@ class PolicyModule(L.LightningModule):
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> PolicyModule:
+        """Load ``cfg.model``, apply its fine-tuning (LoRA or full), and wrap it with a fresh value head."""
+        from agentrl.models import apply_finetuning, load_vlm
+
+        model, processor = load_vlm(cfg.model)
+        model = apply_finetuning(model, cfg.model)
+        return cls(
+            model, processor, thought_coef=cfg.policy.thought_coef, value_hidden=list(cfg.policy.value_hidden),
+            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
+            image_size=cfg.model.image_size,
+        )
+
     # ------------------------------------------------------------ prompts
 
     def encode(self, messages: list[dict[str, Any]], image: np.ndarray | None) -> Prompt:

@@ -44,7 +44,6 @@ from torch import Tensor
 from agentrl.checkpoint import run_meta, save_checkpoint
 from agentrl.config import Config, ConfigError, to_yaml
 from agentrl.envs.base import EnvObs
-from agentrl.models import apply_finetuning, load_vlm
 from agentrl.policy import PolicyModule, Prompt
 from agentrl.prompts import PromptTemplate
 from agentrl.registry import ENVS, FAMILY_DEFAULTS, TEMPLATES, resolve
@@ -217,13 +216,7 @@ def param_groups(model: torch.nn.Module, lr: float, vision_lr: float | None) -> 
 
 def build_policy(cfg: Config) -> PolicyModule:
     """Model with the configured fine-tuning, wrapped as a PolicyModule (value head frozen: not trained here)."""
-    model, processor = load_vlm(cfg.model)
-    model = apply_finetuning(model, cfg.model)
-    policy = PolicyModule(
-        model, processor, thought_coef=cfg.policy.thought_coef, value_hidden=list(cfg.policy.value_hidden),
-        temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
-        image_size=cfg.model.image_size,
-    )
+    policy = PolicyModule.from_config(cfg)
     policy.value_head.requires_grad_(False)
     return policy
 

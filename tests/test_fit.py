@@ -136,3 +136,17 @@ def test_cli_fit_alfworld_end_to_end(tmp_path, tiny_path):
     assert [e.value for e in events.Scalars("charts/env_steps")] == [8]
     assert events.Scalars("parse/failure_rate")[0].value >= 0
     assert (out / "checkpoints" / "update_000001" / "trainable.pt").is_file()
+
+
+def test_init_from_a_fit_checkpoint_starts_from_its_weights(tmp_path, tiny_path):
+    """A full fine-tune fit checkpoint lacks the parameters fit froze as unreachable; init_from must still load it."""
+    first = tmp_path / "first"
+    fit(load_config(ROOT / "conf/numberline.yaml", [*SMALL, "trainer.max_updates=1", f"trainer.out_dir={first}"]))
+    saved = trainable(first / "checkpoints" / "update_000001")
+    seed_everything(5)
+    policy, data = build(load_config(ROOT / "conf/numberline.yaml", [*SMALL, "seed=5",
+                                                                      f"policy.init_from={first}"]))
+    data.envs.close()
+    params = dict(policy.named_parameters())
+    model_keys = [k for k in saved if not k.startswith("value_head.")]
+    assert model_keys and all(torch.equal(params[k], saved[k]) for k in model_keys)

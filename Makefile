@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
+# The paper's pipeline in ~3 CPU-minutes: a supervised warm start on expert answers, then PPO from it.
 demo: $(STAMP)
-	$(VENV)/bin/agentrl fit -c conf/numberline.yaml trainer.max_updates=6 trainer.out_dir=runs/demo
+	$(VENV)/bin/agentrl sft -c conf/sft/numberline.yaml trainer.out_dir=runs/demo/sft
+	$(VENV)/bin/agentrl fit -c conf/numberline.yaml policy.init_from=runs/demo/sft trainer.max_updates=5 \
+		ppo.lr=1e-5 trainer.out_dir=runs/demo/ppo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu"

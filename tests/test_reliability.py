@@ -161,3 +161,24 @@ def test_dead_env_worker_is_restarted_and_its_episodes_counted():
         assert all(p.is_alive() for p in m.envs.processes)
     finally:
         m.close()
+
+
+@pytest.mark.integration
+def test_dead_alfworld_worker_is_restarted_alone():
+    from agentrl.config import EnvConfig
+    from agentrl.envs.alfworld import AlfworldModule
+
+    m = AlfworldModule(EnvConfig(name="alfworld", num_envs=2, vector="async", image="none"))
+    try:
+        before = m.reset(0)
+        survivor = m._workers.procs[0].pid
+        m._workers.procs[1].kill()
+        m._workers.procs[1].join()
+        with pytest.warns(UserWarning, match=r"worker\(s\) \[1\] died"):
+            step = m.step([before[0].legal_actions[0], before[1].legal_actions[0]])
+        assert step.truncated.tolist() == [False, True] and step.final_obs[1].text == before[1].text
+        assert m.dropped_episodes == 1 and m._workers.procs[0].pid == survivor  # env 0 kept its episode
+        step = m.step([o.legal_actions[0] for o in step.obs])
+        assert all(p.is_alive() for p in m._workers.procs)
+    finally:
+        m.close()

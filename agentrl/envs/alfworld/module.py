@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,8 +27,9 @@ import numpy as np
 
 from agentrl.config import ConfigError, EnvConfig
 from agentrl.envs.alfworld.engine import EXPERT_MAX_STEPS
-from agentrl.envs.alfworld.game import AlfworldGame, GameSettings
+from agentrl.envs.alfworld.game import AlfworldGame, GameSettings, SlotStep
 from agentrl.envs.alfworld.state import SHORT_NAMES
+from agentrl.envs.alfworld.worker import WorkerDied
 from agentrl.envs.base import EnvModule, EnvObs, EnvStep
 
 DEFAULT_MAX_STEPS = 50
@@ -78,6 +80,8 @@ class AlfworldModule(EnvModule):
         )
         self._workers = None
         self._games: list[AlfworldGame] = []
+        self.restarts = 0
+        self.dropped_episodes = 0
         if cfg.vector == "async":
             from agentrl.envs.alfworld.worker import GameWorkers
 
@@ -86,12 +90,18 @@ class AlfworldModule(EnvModule):
             self._games = [AlfworldGame(self.settings) for _ in range(cfg.num_envs)]
 
     def reset(self, seed: int) -> list[EnvObs]:
-        return self._call("reset", [(f"{seed}/{i}",) for i in range(self.num_envs)])
+        self._seed = seed
+        self._last = self._call("reset", [(f"{seed}/{i}",) for i in range(self.num_envs)])
+        return self._last
 
     def step(self, actions: list[str]) -> EnvStep:
         if len(actions) != self.num_envs:
             raise ValueError(f"expected {self.num_envs} actions (one per env), got {len(actions)}")
-        slots = self._call("step", [(a,) for a in actions])
+        try:
+            slots = self._call("step", [(a,) for a in actions])
+        except WorkerDied as e:
+            slots = self._recover(e)
+        self._last = [s.obs for s in slots]
         return EnvStep(
             obs=[s.obs for s in slots],
             reward=np.array([s.reward for s in slots], dtype=np.float32),
@@ -100,6 +110,24 @@ class AlfworldModule(EnvModule):
             final_obs=[s.final_obs for s in slots],
             episodes=[s.episode for s in slots],
         )
+
+    def _recover(self, error: WorkerDied) -> list[SlotStep]:
+        """Restart only the dead workers; their episodes are dropped (truncated at the last obs) and counted."""
+        slots = list(error.results)
+        for i in error.dead:
+            self.restarts += 1
+            self.dropped_episodes += 1
+            self._workers.restart(i)
+            conn = self._workers.conns[i]
+            conn.send(("reset", (f"{self._seed}/{i}/restart{self.restarts}",)))
+            status, obs = conn.recv()
+            if status != "ok":
+                raise RuntimeError(f"ALFWorld worker {i} failed to reset after a restart:\n{obs}")
+            slots[i] = SlotStep(obs=obs, reward=0.0, terminated=False, truncated=True, final_obs=self._last[i],
+                                episode=None)
+        warnings.warn(f"ALFWorld worker(s) {error.dead} died; restarted them and dropped their episodes "
+                      f"({self.dropped_episodes} dropped so far)", stacklevel=3)
+        return slots
 
     def expert_fields(self) -> list[dict[str, Any]]:
         return self._call("expert_fields", [() for _ in range(self.num_envs)])

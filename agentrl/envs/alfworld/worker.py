@@ -6,6 +6,7 @@ since a spawn-started process does not inherit the parent's patch.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import traceback
 from multiprocessing.connection import Connection
@@ -36,34 +37,61 @@ def _serve(conn: Connection, settings: GameSettings) -> None:
     conn.close()
 
 
+class WorkerDied(RuntimeError):
+    """Worker processes died during a call; the others' results are kept (None for the dead)."""
+
+    def __init__(self, dead: list[int], results: list[Any], method: str) -> None:
+        super().__init__(f"ALFWorld worker(s) {dead} died during {method!r}")
+        self.dead, self.results = dead, results
+
+
 class GameWorkers:
     """N worker processes, each owning one AlfworldGame; calls fan out, then gather."""
 
     def __init__(self, settings: GameSettings, num_envs: int, start_method: str = "spawn") -> None:
-        ctx = mp.get_context(start_method)
+        self.ctx = mp.get_context(start_method)
+        self.settings = settings
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         for _ in range(num_envs):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child, settings), daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
+            conn, proc = self._spawn()
+            self.conns.append(conn)
             self.procs.append(proc)
+
+    def _spawn(self) -> tuple[Connection, Any]:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=_serve, args=(child, self.settings), daemon=True)
+        proc.start()
+        child.close()
+        return parent, proc
+
+    def restart(self, i: int) -> None:
+        """Replace worker ``i`` (dead or not) with a fresh process."""
+        if self.procs[i].is_alive():
+            self.procs[i].terminate()
+        self.procs[i].join(timeout=5)
+        self.conns[i].close()
+        self.conns[i], self.procs[i] = self._spawn()
 
     def call(self, method: str, args: list[tuple[Any, ...]]) -> list[Any]:
         """``game.method(*args[i])`` in worker i, all in parallel; results in order."""
         for conn, arg in zip(self.conns, args):
-            conn.send((method, arg))
-        results = []
+            with contextlib.suppress(BrokenPipeError, ConnectionError):  # a dead worker shows up on recv
+                conn.send((method, arg))
+        results: list[Any] = []
+        dead: list[int] = []
         for i, conn in enumerate(self.conns):
             try:
                 status, value = conn.recv()
-            except EOFError:
-                raise RuntimeError(f"ALFWorld worker {i} died during {method!r} (exit code {self.procs[i].exitcode})") from None
+            except (EOFError, ConnectionError):  # the process died (killed, segfault, out of memory)
+                dead.append(i)
+                results.append(None)
+                continue
             if status == "error":
                 raise RuntimeError(f"ALFWorld worker {i} failed in {method!r}:\n{value}")
             results.append(value)
+        if dead:
+            raise WorkerDied(dead, results, method)
         return results
 
     def close(self) -> None:

@@ -52,27 +52,25 @@ def test_fixed_expert_wins_every_game_through_alfred_tw_env(games: Path) -> None
         "general": {"training_method": "dagger"},
         "dagger": {"training": {"max_nb_steps_per_episode": 150}},
     }
-    tw = AlfredTWEnv(config, train_eval="train")
-    assert tw.num_games == 6
-    env = tw.init_env(batch_size=1)
-    won_games = set()
-    try:
-        for _ in range(12):  # the gym env draws games at random: enough resets to meet all six
+    won_types = []
+    for trial in sorted((games / "train").glob("*/trial_*")):  # one env per game: every type, no random draws
+        config["dataset"]["data_path"] = str(trial.parent)
+        tw = AlfredTWEnv(config, train_eval="train")
+        assert tw.num_games == 1
+        env = tw.init_env(batch_size=1)
+        try:
             _, infos = env.reset()
-            gamefile = infos["extra.gamefile"][0]
-            if gamefile in won_games:
-                continue
             won = False
             for _ in range(150):
                 _, _, dones, infos = env.step([infos["extra.expert_plan"][0][0]])
                 won = infos["won"][0]
                 if dones[0]:
                     break
-            assert won, f"fixed expert did not win {gamefile}"
-            won_games.add(gamefile)
-    finally:
-        env.close()
-    assert len(won_games) >= 4
+        finally:
+            env.close()
+        assert won, f"fixed expert did not win {trial}"
+        won_types.append(json.loads((trial / "traj_data.json").read_text())["task_type"])
+    assert sorted(won_types) == sorted(TASK_TYPES)
 
 
 def test_expert_fix_reads_move_as_put() -> None:

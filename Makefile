@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/agentrl sft -c conf/sft/numberline.yaml trainer.out_dir=runs/demo/sft
 	$(VENV)/bin/agentrl fit -c conf/numberline.yaml policy.init_from=runs/demo/sft trainer.max_updates=5 \
-		ppo.lr=1e-5 trainer.out_dir=runs/demo/ppo
+		trainer.out_dir=runs/demo/ppo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu"

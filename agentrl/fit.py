@@ -35,9 +35,8 @@ from agentrl.report import Reporter
 from agentrl.rollout import Rollout, RolloutDataModule
 
 
-def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1
-          ) -> tuple[PolicyModule, RolloutDataModule]:
-    """Model, policy, envs, template and parser from the config, connected; envs seeded per rank."""
+def components(cfg: Config) -> tuple[Any, Any, Any]:
+    """(env class, template class, parser class) named by the config; ConfigError before any work is done."""
     env_cls = resolve("env", "env.name", cfg.env.name, ENVS)
     family = getattr(env_cls, "family", "gym_cards")
     tmpl_name, parser_name = FAMILY_DEFAULTS.get(family, ("gym_cards", "json"))
@@ -48,6 +47,13 @@ def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1
     if cfg.policy.kl_coef and cfg.model.finetune != "lora":
         raise ConfigError("policy.kl_coef > 0 needs model.finetune=lora (the reference policy is the base "
                           "model with adapters disabled)")
+    return env_cls, template_cls, parser_cls
+
+
+def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1
+          ) -> tuple[PolicyModule, RolloutDataModule]:
+    """Model, policy, envs, template and parser from the config, connected; envs seeded per rank."""
+    env_cls, template_cls, parser_cls = components(cfg)
     policy = PolicyModule.from_config(cfg)
     envs = env_cls(cfg.env, split=split)
     data = RolloutDataModule(
@@ -101,6 +107,7 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
     fabric.launch()
     world, rank = fabric.world_size, fabric.global_rank
     cfg.check_world_size(world)
+    components(cfg)  # unknown names fail here, before the run dir is written
     set_threads(t.num_threads, world)
     fabric.seed_everything(cfg.seed, verbose=False)  # identical initial weights on every rank
     config_yaml, meta = to_yaml(cfg), run_meta(list(argv or sys.argv))

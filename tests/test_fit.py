@@ -111,8 +111,9 @@ def test_cli_config_errors_exit_2(tmp_path):
     assert proc.returncode == 2 and "ppo.clpi" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     proc = run("fit", "-c", str(tmp_path / "missing.yaml"))
     assert proc.returncode == 2 and "missing.yaml" in proc.stderr
-    proc = run("fit", "-c", str(ROOT / "conf/numberline.yaml"), "env.name=chess")
+    proc = run("fit", "-c", str(ROOT / "conf/numberline.yaml"), "env.name=chess", f"trainer.out_dir={tmp_path / 'x'}")
     assert proc.returncode == 2 and "known: alfworld, blackjack" in proc.stderr
+    assert not (tmp_path / "x").exists()  # nothing written for a run that cannot start
     proc = run("fit", "-c", str(ROOT / "conf/numberline.yaml"), "--print-config", "ppo.clip=0.3")
     assert proc.returncode == 0 and "clip: 0.3" in proc.stdout
     proc = run("sweep", "-c", str(ROOT / "conf/numberline.yaml"), "--grid", "ppo.clpi=0.1,0.2",

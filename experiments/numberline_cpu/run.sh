@@ -5,14 +5,15 @@
 #   3. PPO: the lambda sweep with CoT (policy.thought_coef 0.1 / 0.5 / 0.9) and the no-CoT ablation,
 #      each over the seeds, 2 runs at a time
 #   4. held-out eval of every PPO run, the same episodes as its start
-#   5. tables and the plot (combine.py)
+#   5. what the answers get right on held-out states (check_answers.py), start and after PPO
+#   6. tables and the plot (combine.py)
 # Every command is printed before it runs ("+ ..."); their output goes to the log named after it.
 # Usage, from anywhere:  experiments/numberline_cpu/run.sh          (SEEDS=1,2 to run fewer seeds)
 # Re-running skips finished SFT starts, evals and sweep runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -f .venv/bin/activate ] && . .venv/bin/activate
-export OMP_NUM_THREADS=1
+export OMP_NUM_THREADS=1 COLUMNS=${COLUMNS:-160}  # wide enough for the sweep's summary table in the logs
 
 SEEDS=${SEEDS:-1,2,3}
 OUT=runs/numberline_cpu          # conf/study/*.yaml name these paths
@@ -79,7 +80,23 @@ for s in ${SEEDS//,/ }; do
   evals "ppo,cot=false,seed=$s" "$OUT/sweep_nocot/cot=false/seed=$s" prompt.cot=false seed=$s
 done | pool
 
-echo "== 5. tables and plot"
+echo "== 5. what the answers get right (digits, thoughts, action) on 120 held-out states, start and after PPO"
+answers() {  # NAME CHECKPOINT overrides...
+  local name=$1 ckpt=$2; shift 2
+  [ -f "$OUT/answers/$name.json" ] && return
+  echo "$LOGS/answers-$name.log python experiments/numberline_cpu/check_answers.py $ckpt --out $OUT/answers/$name.json $*"
+}
+for s in ${SEEDS//,/ }; do
+  answers "start,cot=true,seed=$s" "$OUT/sft/cot=True/seed=$s" prompt.cot=true seed=$s
+  answers "start,cot=false,seed=$s" "$OUT/sft/cot=False/seed=$s" prompt.cot=false seed=$s
+  for lam in 0.1 0.5 0.9; do
+    answers "ppo,cot=true,thought_coef=$lam,seed=$s" "$OUT/sweep_lambda/thought_coef=$lam/seed=$s" \
+      prompt.cot=true policy.thought_coef=$lam seed=$s
+  done
+  answers "ppo,cot=false,seed=$s" "$OUT/sweep_nocot/cot=false/seed=$s" prompt.cot=false seed=$s
+done | pool
+
+echo "== 6. tables and plot"
 echo "+ python experiments/numberline_cpu/combine.py $OUT"
 python experiments/numberline_cpu/combine.py "$OUT"
 

@@ -31,9 +31,15 @@ def named_move(thoughts: object) -> str | None:
 
 
 def check(policy, examples, greedy: bool, batch: int = 24) -> dict[str, float]:
+    """Share of ``examples`` per key; keys the expert answer lacks (no-CoT: all but json, action) are left out."""
     enc = S.encode(policy, examples)
-    keys = ("json", "current number", "target number", "thoughts move", "action", "action = thoughts move")
-    hits = dict.fromkeys(keys, 0)
+    hits: dict[str, int] = {}
+    totals: dict[str, int] = {}
+
+    def count(key: str, ok: bool) -> None:
+        hits[key] = hits.get(key, 0) + bool(ok)
+        totals[key] = totals.get(key, 0) + 1
+
     for i in range(0, len(enc), batch):
         gen = policy.generate([e.prompt for e in enc[i:i + batch]], greedy=greedy)
         for ex, text in zip(examples[i:i + batch], gen.texts):
@@ -42,15 +48,16 @@ def check(policy, examples, greedy: bool, batch: int = 24) -> dict[str, float]:
                 got = json.loads(text)
             except ValueError:
                 got = None
-            if not isinstance(got, dict):
-                continue
-            hits["json"] += 1
+            got = got if isinstance(got, dict) else {}
+            count("json", bool(got))
             for k in ("current number", "target number", "action"):
-                hits[k] += got.get(k) == want.get(k)
-            move = named_move(got.get("thoughts"))
-            hits["thoughts move"] += move is not None and move == ex.expert_action
-            hits["action = thoughts move"] += move is not None and move == got.get("action")
-    return {k: v / len(examples) for k, v in hits.items()}
+                if k in want:
+                    count(k, got.get(k) == want[k])
+            if "thoughts" in want:
+                move = named_move(got.get("thoughts"))
+                count("thoughts move", move is not None and move == ex.expert_action)
+                count("action = thoughts move", move is not None and move == got.get("action"))
+    return {k: hits[k] / totals[k] for k in totals}
 
 
 def main() -> None:

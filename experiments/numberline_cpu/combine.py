@@ -54,13 +54,13 @@ def mean(xs: list[float]) -> float:
     return statistics.fmean(xs) if xs else math.nan
 
 
-def run_seconds(tb: Path) -> float:
-    """Seconds the run spent in its loop: the sum over updates of the logged phase times."""
+def run_seconds(tb: Path, upto: int | None = None) -> float:
+    """Seconds the run spent in its loop (up to update ``upto``): the sum of the logged phase times."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(tb), size_guidance={"scalars": 0}).Reload()
     have = set(acc.Tags()["scalars"])
-    return sum(e.value for tag in PHASES if tag in have for e in acc.Scalars(tag))
+    return sum(e.value for tag in PHASES if tag in have for e in acc.Scalars(tag) if upto is None or e.step <= upto)
 
 
 def main(out: Path) -> str:
@@ -81,6 +81,22 @@ def main(out: Path) -> str:
             ok = [(b, a) for b, a in zip(before, after) if not (math.isnan(a) or math.isnan(b))]
             lines.append(f"| {label} | {mode} | " + " | ".join(cells) + f" | {spread([b for b, _ in ok])} | "
                          f"{spread([a for _, a in ok])} | {spread([a - b for b, a in ok])} |")
+
+    lines += ["", "## Held-out success (%) along PPO, sampled at temperature 0.2, mean ± std [min-max] over seeds", "",
+              "PPO s: the run's loop seconds up to that update (1 thread; on a free core CPU s = wall s).", "",
+              "| condition | update | env steps | PPO s (mean) | held-out success |", "|---|---|---|---|---|"]
+    along = [("CoT, lambda 0.5", "ppo,cot=true,thought_coef=0.5", "start,cot=true", "sweep_lambda/thought_coef=0.5"),
+             ("no CoT", "ppo,cot=false", "start,cot=false", "sweep_nocot/cot=false")]
+    for label, name, start, run in along:
+        for u in (0, 10, 20, 30, 40, 50):
+            ev = start if u == 0 else name if u == 50 else f"{name},update={u}"
+            xs = [x for x in (success(out, ev, s, "sampled") for s in seeds) if not math.isnan(x)]
+            tbs = [out / run / f"seed={s}" / "tensorboard" for s in seeds]
+            tbs = [tb for tb in tbs if tb.is_dir()]
+            secs = [run_seconds(tb, u) for tb in tbs]
+            steps = [next((r["env_steps"] for r in read_events(tb) if r["update"] == u), 0.0) for tb in tbs]
+            if xs:
+                lines.append(f"| {label} | {u} | {mean(steps):.0f} | {mean(secs):.0f} | {spread(xs)} |")
 
     lines += ["", "## Held-out parse failures (% of steps whose answer named no legal action; a random action is taken)",
               "", "| condition | start greedy | start sampled | after PPO greedy | after PPO sampled |",

@@ -4,7 +4,8 @@
 #   2. held-out eval of every start (200 episodes, greedy and sampled at temperature 0.2)
 #   3. PPO: the lambda sweep with CoT (policy.thought_coef 0.1 / 0.5 / 0.9) and the no-CoT ablation,
 #      each over the seeds, 2 runs at a time
-#   4. held-out eval of every PPO run, the same episodes as its start
+#   4. held-out eval of every PPO run, the same episodes as its start (and, sampled only, of the
+#      updates 10-40 checkpoints of the lambda 0.5 and no-CoT runs: how fast held-out success rises)
 #   5. what the answers get right on held-out states (check_answers.py), start and after PPO
 #   6. tables and the plot (combine.py)
 # Every command is printed before it runs ("+ ..."); their output goes to the log named after it.
@@ -34,10 +35,10 @@ pool() {
   if [ "$failed" = 1 ]; then echo "a command failed; see the logs in $LOGS" >&2; exit 1; fi
 }
 
-# Eval lines (greedy and sampled) for CHECKPOINT with config overrides, writing $OUT/eval/NAME-MODE.json.
+# Eval lines ($MODES: greedy and sampled unless set) for CHECKPOINT with config overrides, writing $OUT/eval/NAME-MODE.json.
 evals() {
   local name=$1 ckpt=$2; shift 2
-  for mode in greedy sampled; do
+  for mode in ${MODES:-greedy sampled}; do
     local flag="" json=$OUT/eval/$name-$mode.json
     [ "$mode" = greedy ] && flag=--greedy
     [ -f "$json" ] && continue
@@ -78,6 +79,16 @@ for s in ${SEEDS//,/ }; do
       prompt.cot=true policy.thought_coef=$lam seed=$s
   done
   evals "ppo,cot=false,seed=$s" "$OUT/sweep_nocot/cot=false/seed=$s" prompt.cot=false seed=$s
+done | pool
+
+echo "== 4b. held-out eval (sampled) along PPO: checkpoints of updates 10-40, CoT lambda 0.5 and no CoT"
+for s in ${SEEDS//,/ }; do
+  for u in 10 20 30 40; do
+    ckpt=checkpoints/update_0000$u
+    MODES=sampled evals "ppo,cot=true,thought_coef=0.5,update=$u,seed=$s" \
+      "$OUT/sweep_lambda/thought_coef=0.5/seed=$s/$ckpt" prompt.cot=true seed=$s
+    MODES=sampled evals "ppo,cot=false,update=$u,seed=$s" "$OUT/sweep_nocot/cot=false/seed=$s/$ckpt" prompt.cot=false seed=$s
+  done
 done | pool
 
 echo "== 5. what the answers get right (digits, thoughts, action) on 120 held-out states, start and after PPO"

@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from agentrl.envs.gym_cards import experts
+from agentrl.envs.gym_cards.base import CardGameEnv
 from agentrl.envs.gym_cards.cards import Card, deal
 from agentrl.envs.gym_cards.render import BASE, blackjack_image
 
@@ -33,25 +33,15 @@ def is_natural(cards: Sequence[Card]) -> bool:
     return len(cards) == 2 and hand_total(cards)[0] == 21
 
 
-class BlackjackEnv(gym.Env):
+class BlackjackEnv(CardGameEnv):
     """Hit or stand against a dealer; the dealer's hole card stays hidden until the end."""
-
-    metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
 
     def __init__(
         self, natural: bool = False, sab: bool = False, image_size: int = BASE, render_mode: str | None = None
     ) -> None:
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(
-                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
-            )
         self.natural = natural
         self.sab = sab
-        self.image_size = image_size
-        self.render_mode = render_mode
-        self.action_names: list[str] = ["stand", "hit"]
-        self.action_space = gym.spaces.Discrete(2)
-        self.observation_space = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        self._setup(["stand", "hit"], image_size, render_mode)
         self.player: list[Card] = []
         self.dealer: list[Card] = []
         self.done = False
@@ -88,13 +78,6 @@ class BlackjackEnv(gym.Env):
         elif self.natural and is_natural(self.player) and reward == 1.0:
             reward = 1.5
         return reward
-
-    def render(self):
-        if self.render_mode == "ansi":
-            return self.text()
-        if self.render_mode == "rgb_array":
-            return self._obs()
-        return None
 
     def text(self) -> str:
         """The state in words, for prompts and ``render_mode="ansi"``."""

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from agentrl.envs.gym_cards import experts
+from agentrl.envs.gym_cards.base import CardGameEnv
 from agentrl.envs.gym_cards.render import BASE, numberline_image
 
 
-class NumberLineEnv(gym.Env):
+class NumberLineEnv(CardGameEnv):
     """Target and current number in 0..max_position (different at the start).
 
     Reward +1 on reaching the target (the episode ends), -1 for a move that
@@ -19,23 +19,13 @@ class NumberLineEnv(gym.Env):
     otherwise. Truncated after ``2 * max_position`` steps.
     """
 
-    metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
-
     def __init__(self, max_position: int = 5, image_size: int = BASE, render_mode: str | None = None) -> None:
         if max_position < 1:
             raise ValueError(
                 f"max_position must be >= 1 so target and current can differ, got {max_position}"
             )
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(
-                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
-            )
         self.max_position = max_position
-        self.image_size = image_size
-        self.render_mode = render_mode
-        self.action_names: list[str] = ["-", "+"]
-        self.action_space = gym.spaces.Discrete(2)
-        self.observation_space = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        self._setup(["-", "+"], image_size, render_mode)
         self.target = 0
         self.current = 0
         self.steps = 0
@@ -61,13 +51,6 @@ class NumberLineEnv(gym.Env):
         reward = 1.0 if terminated else (0.0 if distance < old_distance else -1.0)
         truncated = not terminated and self.steps >= 2 * self.max_position
         return self._obs(), reward, terminated, truncated, self._info()
-
-    def render(self):
-        if self.render_mode == "ansi":
-            return self.text()
-        if self.render_mode == "rgb_array":
-            return self._obs()
-        return None
 
     def text(self) -> str:
         """The state in words, for prompts and ``render_mode="ansi"``."""

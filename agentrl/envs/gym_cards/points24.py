@@ -18,11 +18,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 
 from agentrl.envs.formula import FormulaError, evaluate
 from agentrl.envs.gym_cards import experts
+from agentrl.envs.gym_cards.base import CardGameEnv
 from agentrl.envs.gym_cards.cards import Card, deal
 from agentrl.envs.gym_cards.render import BASE, points_image
 
@@ -31,10 +31,8 @@ ILLEGAL_REWARD = -1.0
 _MAX_DEALS = 10_000
 
 
-class PointsEnv(gym.Env):
+class PointsEnv(CardGameEnv):
     """Cards on the table, build a formula token by token that equals ``target``."""
-
-    metadata = {"render_modes": ["rgb_array", "ansi"], "render_fps": 4}
 
     def __init__(
         self,
@@ -52,10 +50,6 @@ class PointsEnv(gym.Env):
             raise ValueError(f"num_cards must be >= 1, got {num_cards}")
         if not operators or set(operators) - set("+-*/"):
             raise ValueError(f"operators must be a non-empty subset of '+-*/', got {operators!r}")
-        if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(
-                f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}"
-            )
         self.num_cards = num_cards
         self.target = target
         self.operators = operators
@@ -63,13 +57,9 @@ class PointsEnv(gym.Env):
         self.formula_limit = formula_limit
         self.solvable_only = solvable_only
         self.face_cards_as_10 = face_cards_as_10
-        self.image_size = image_size
-        self.render_mode = render_mode
         max_value = 10 if face_cards_as_10 else 13
-        self.action_names: list[str] = [str(v) for v in range(1, max_value + 1)]
-        self.action_names += list(operators) + (["(", ")"] if parentheses else []) + ["="]
-        self.action_space = gym.spaces.Discrete(len(self.action_names))
-        self.observation_space = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        numbers = [str(v) for v in range(1, max_value + 1)]
+        self._setup(numbers + list(operators) + (["(", ")"] if parentheses else []) + ["="], image_size, render_mode)
         self.cards: list[Card] = []
         self.values: list[int] = []
         self.remaining: list[int] = []
@@ -113,13 +103,6 @@ class PointsEnv(gym.Env):
                 reward = ILLEGAL_REWARD
         truncated = not terminated and len(self.formula) > self.formula_limit
         return self._obs(), reward, terminated, truncated, self._info()
-
-    def render(self):
-        if self.render_mode == "ansi":
-            return self.text()
-        if self.render_mode == "rgb_array":
-            return self._obs()
-        return None
 
     # ---------------------------------------------------------------- state
 

@@ -102,6 +102,8 @@ class PromptConfig:
     """Ask for reasoning ("thoughts") before the action; false is the paper's no-CoT ablation."""
     text_state: bool = False
     """Also write the text state (numbers, formula) into the prompt, not only the image."""
+    image_first: bool = False
+    """Image before the text (the paper's LLaVA prompts); false puts it after, so a batch's prompts share their text prefix (policy.share_prefix)."""
 
 
 @dataclass
@@ -128,6 +130,8 @@ class PolicyConfig:
     """Penalty on KL to the reference policy (adapters disabled); 0 turns it off."""
     entropy_coef: float = 0.0
     """Bonus on token entropy of the generated text; 0 turns it off (as the paper)."""
+    share_prefix: bool = True
+    """Run the prompt prefix a batch shares once (generate, scoring, training); LLaVA-family models only, others ignore it."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.thought_coef <= 1.0:

@@ -61,7 +61,8 @@ def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1
         failure_penalty=cfg.parser.failure_penalty, score_batch_size=cfg.ppo.micro_batch_size,
         kl_coef=cfg.policy.kl_coef, logprobs_from=cfg.rollout.logprobs_from,
     )
-    data.connect(policy, envs, template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state), parser_cls())
+    template = template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state, image_first=cfg.prompt.image_first)
+    data.connect(policy, envs, template, parser_cls())
     policy.freeze_unreachable(data.current_prompts()[0])
     if cfg.policy.init_from:  # after the freeze: a fit checkpoint holds only what fit could train
         load_trainable(policy, resolve_resume(cfg.policy.init_from, "policy.init_from"), value_head=False)

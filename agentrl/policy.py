@@ -4,6 +4,17 @@ Prompts are processed once per sample (:meth:`PolicyModule.encode`) and kept;
 batches are collated from those pieces for generation and for training, so no
 image is preprocessed twice and any processor family (LLaVA, Qwen2-VL,
 Idefics3) works: per-token tensors are left-padded, the rest concatenated.
+
+Shared prompt prefix: the prompts of one batch usually start with the same
+tokens (chat template, task rules, output format; the image comes after the
+text by default, see ``prompt.image_first``). For model families where it is
+verified (:data:`SHARED_PREFIX_FAMILIES`), that prefix runs ONCE per batch, at
+batch size 1, and every row continues from a copy of its key/value cache:
+in ``generate``, in the teacher-forced ``forward`` of scoring and training
+(gradients of all rows flow back into the one prefix pass) and in ``values``.
+Rows are laid out ``[prefix | left-padded rest | answer]``, with positions
+counted over real tokens only, so every row sees exactly the positions it has
+alone. Results match the unshared path up to float round-off (tests/test_policy.py).
 """
 
 from __future__ import annotations
@@ -23,6 +34,12 @@ from agentrl.ppo import token_weights
 
 # Processor outputs with one entry per token: padded, not concatenated.
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+
+SHARED_PREFIX_FAMILIES = ("llava", "llava_next")
+"""Model types whose forward is verified to continue from a cached prefix with 1-D positions
+(Qwen2-VL's 3-D rope positions and Idefics3's image merging are not: they run unshared)."""
+MIN_SHARED_PREFIX = 16
+"""Shorter common prefixes are not worth a separate pass."""
 
 Prompt = dict[str, Tensor]
 """One prompt's processor outputs, each with batch dimension 1."""
@@ -53,7 +70,9 @@ class TrainInputs:
     weights: Tensor
     """(B, L) log-prob weight per token: thought_coef on CoT, 1 on action, 0 on padding."""
     prompt_len: int
-    """P: padded prompt length; position P - 1 is every row's last prompt token."""
+    """P: padded prompt length (after any shared prefix); position P - 1 is every row's last prompt token."""
+    prefix: Prompt | None = None
+    """Token tensors (1, S) of the prompt prefix all rows share, run once; None: each row has its whole prompt."""
 
 
 class ValueHead(nn.Module):
@@ -88,6 +107,7 @@ class PolicyModule(L.LightningModule):
         top_p: float = 1.0,
         max_new_tokens: int = 256,
         image_size: int | None = None,
+        share_prefix: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
@@ -102,6 +122,15 @@ class PolicyModule(L.LightningModule):
         self.bad_ids = suppressed_token_ids(processor)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
+        self.min_new_tokens = 0  # EOS is masked before this many tokens (benchmarks force equal lengths with it)
+        config = model.config
+        # verified families: 1-D positions from the mask and agentrl's decode loop (else transformers' generate)
+        self.own_decode = getattr(config, "model_type", None) in SHARED_PREFIX_FAMILIES
+        self.share_prefix = share_prefix and self.own_decode
+        # the prefix stops before the first image/video placeholder: what follows depends on the row's pixels
+        self.media_ids = torch.tensor(sorted({
+            int(getattr(config, k)) for k in ("image_token_id", "image_token_index", "video_token_id")
+            if getattr(config, k, None) is not None}), dtype=torch.long)
 
     @classmethod
     def from_config(cls, cfg: Any) -> PolicyModule:
@@ -113,7 +142,7 @@ class PolicyModule(L.LightningModule):
         return cls(
             model, processor, thought_coef=cfg.policy.thought_coef, value_hidden=list(cfg.policy.value_hidden),
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
-            image_size=cfg.model.image_size,
+            image_size=cfg.model.image_size, share_prefix=cfg.policy.share_prefix,
         )
 
     # ------------------------------------------------------------ prompts
@@ -140,19 +169,165 @@ class PolicyModule(L.LightningModule):
             batch[key] = torch.cat(parts, dim=0)
         return batch
 
+    def split_prefix(self, prompts: list[Prompt], share: bool | None = None) -> tuple[Prompt | None, list[Prompt]]:
+        """(token tensors of the prefix all prompts share, or None; the prompts after it).
+
+        The prefix is the longest common run of token ids, cut before the first
+        image/video placeholder and before each prompt's last token (whose
+        output starts the answer and feeds the value head). Only with two or
+        more prompts, at least :data:`MIN_SHARED_PREFIX` tokens, a verified
+        model family, and no gradient checkpointing (it drops the cache).
+        """
+        if share is False or not self.share_prefix or len(prompts) < 2 or _checkpointing(self.model):
+            return None, prompts
+        ids = [p["input_ids"][0] for p in prompts]
+        n = min(len(i) for i in ids) - 1
+        first = ids[0][:n]
+        same = ~torch.isin(first, self.media_ids)
+        for other in ids[1:]:
+            same &= other[:n] == first
+        size = n if bool(same.all()) else int((~same).int().argmax())
+        if size < MIN_SHARED_PREFIX or any(not bool(p["attention_mask"][0, :size].all()) for p in prompts):
+            return None, prompts
+        prefix = {k: v[:, :size] for k, v in prompts[0].items() if k in TOKEN_KEYS}
+        rest = [{k: v[:, size:] if k in TOKEN_KEYS else v for k, v in p.items()} for p in prompts]
+        return prefix, rest
+
+    def _prefix_cache(self, prefix: Prompt, batch: int):
+        """Run ``prefix`` once (batch 1) and return its key/value cache repeated ``batch`` times.
+
+        Under autograd the repeat's backward sums every row's gradient into the one prefix pass.
+        """
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        self.model(**{k: v.to(self.device) for k, v in prefix.items()}, cache=cache, use_cache=True,
+                   logits_to_keep=1)
+        cache.batch_repeat_interleave(batch)
+        return cache
+
+    def _model_kwargs(self, batch: dict[str, Tensor], prefix: Prompt | None, for_generate: bool = False
+                      ) -> dict[str, Any]:
+        """Model inputs for ``batch`` on the device, continuing from ``prefix``'s cache when there is one.
+
+        ``generate`` takes the whole sequence (it skips what the cache holds) and
+        derives positions from the mask; a plain forward gets the rest only, the
+        full mask and explicit positions that skip the padding.
+        """
+        kw: dict[str, Any] = {k: v.to(self.device) for k, v in batch.items()}
+        size = 0
+        if prefix is not None:
+            rows = kw["input_ids"].shape[0]
+            size = prefix["input_ids"].shape[1]
+            kw["cache"] = self._prefix_cache(prefix, rows)
+            if for_generate:
+                for key, part in prefix.items():
+                    kw[key] = torch.cat([part.to(self.device).expand(rows, -1), kw[key]], dim=1)
+                return kw
+            mask = kw["attention_mask"]
+            kw["attention_mask"] = torch.cat([mask.new_ones(rows, size), mask], dim=1)
+        if self.own_decode or prefix is not None:  # each row's own positions, left padding skipped
+            kw["position_ids"] = size + (batch["attention_mask"].to(self.device).long().cumsum(-1) - 1).clamp(min=0)
+        return kw
+
     # ------------------------------------------------------------ acting
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], greedy: bool = False, score: bool = False) -> Generation:
-        """Sample (or with ``greedy``, arg-max decode) one answer per prompt in ONE batched generate call.
+        """Sample (or with ``greedy``, arg-max decode) one answer per prompt, all prompts in ONE batch.
 
         ``score=True`` also returns each token's log-prob and the prompt's value,
-        taken from the generate pass itself (no second forward): the raw logits of
-        every step (``output_logits``, B x L x vocab floats held until the end) and
-        the decoder's last-position output of the prefill, through a hook. They
-        match a teacher-forced re-forward up to float round-off.
+        taken from the sampling pass itself (no second forward): the log-prob of
+        each chosen token under the tempered softmax of that step's raw logits,
+        and the value of the prefill's last hidden state. They match a
+        teacher-forced re-forward up to float round-off.
+
+        Verified families (:data:`SHARED_PREFIX_FAMILIES`) run agentrl's own
+        decode loop (:meth:`_decode`); others go through transformers' ``generate``.
         """
-        inputs = {k: v.to(self.device) for k, v in self.collate_prompts(prompts).items()}
+        prefix, prompts = self.split_prefix(prompts)
+        batch = self.collate_prompts(prompts)
+        if self.own_decode:
+            gen_dev, token_logp, values = self._decode(batch, prefix, greedy, score)
+        else:
+            gen_dev, token_logp, values = self._hf_generate(batch, prefix, greedy, score)
+        gen = gen_dev.cpu()
+        is_eos = gen == self.eos_id
+        lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, gen.shape[1]).tolist()  # keep the EOS
+        ids = [row[:n] for row, n in zip(gen, lengths)]
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        if not score:
+            return Generation(ids=ids, texts=texts)
+        token_logp = token_logp.cpu()
+        return Generation(ids=ids, texts=texts, token_logp=[row[:n] for row, n in zip(token_logp, lengths)],
+                          values=values.float().cpu())
+
+    def _decode(self, batch: dict[str, Tensor], prefix: Prompt | None, greedy: bool, score: bool
+                ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """agentrl's decode loop: generated ids (B, L), per-token log-probs (B, L) and values (B,).
+
+        What transformers' ``generate`` does for sampling, minus its per-step
+        machinery: one prefill (continuing from the shared prefix), then one
+        forward per token with the cache. Sampling is Gumbel-max on the
+        tempered (and nucleus-filtered) logits: exactly a draw from that
+        softmax, without ``torch.multinomial``'s slow CPU path (~3x the cost at
+        batch 16). Finished rows emit padding, as ``generate`` does.
+        """
+        from transformers import DynamicCache
+
+        kw = self._model_kwargs(batch, prefix)
+        cache = kw.pop("cache", None) or DynamicCache(config=self.model.config)
+        mask, pos = kw["attention_mask"], kw["position_ids"]
+        out = self.model(**kw, cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=score)
+        values = self.value_head(out.hidden_states[-1][:, -1]) if score else None
+        rows = mask.shape[0]
+        done = torch.zeros(rows, dtype=torch.bool, device=mask.device)
+        pos = pos[:, -1:]
+        tokens, logps = [], []
+        for t in range(self.max_new_tokens):
+            logits = out.logits[:, -1].float()
+            tok = self.pick(logits, greedy, allow_eos=t >= self.min_new_tokens).masked_fill_(done, self.pad_id)
+            tokens.append(tok)
+            if score:
+                logps.append(torch.log_softmax(logits / self.temperature, -1).gather(-1, tok[:, None])[:, 0])
+            done |= tok == self.eos_id
+            if t == self.max_new_tokens - 1 or bool(done.all()):
+                break
+            mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+            pos = pos + 1
+            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, cache=cache,
+                             use_cache=True)
+        return torch.stack(tokens, 1), torch.stack(logps, 1) if score else None, values
+
+    def pick(self, logits: Tensor, greedy: bool = False, allow_eos: bool = True) -> Tensor:
+        """Next token per row (B,) from raw logits (B, V): arg-max, or a sample from the tempered softmax.
+
+        Suppressed ids (the image placeholder) are never picked; ``top_p`` < 1
+        keeps the smallest set of most likely tokens whose probability reaches it.
+        """
+        scores = logits.clone()
+        if self.bad_ids:
+            scores[:, self.bad_ids] = float("-inf")
+        if not allow_eos:
+            scores[:, self.eos_id] = float("-inf")
+        if greedy:
+            return scores.argmax(-1)
+        scores /= self.temperature
+        if self.top_p < 1.0:
+            probs, order = torch.softmax(scores, -1).sort(-1, descending=True)
+            drop = probs.cumsum(-1) - probs >= self.top_p  # the mass before a token already reaches top_p
+            scores.scatter_(-1, order, torch.where(drop, float("-inf"), scores.gather(-1, order)))
+        gumbel = torch.rand_like(scores).log_().neg_().log_().neg_()  # -log(-log U), U ~ Uniform(0, 1)
+        return (scores + gumbel).argmax(-1)
+
+    def _hf_generate(self, batch: dict[str, Tensor], prefix: Prompt | None, greedy: bool, score: bool
+                     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """transformers' ``generate``, for families without a verified own decode loop (same outputs as :meth:`_decode`).
+
+        The log-probs come from the raw logits of every step (``output_logits``),
+        the value from the decoder's last-position output of the prefill, through a hook.
+        """
+        inputs = self._model_kwargs(batch, prefix, for_generate=True)
         # top_k=0: sample from the full tempered softmax, the distribution the log-probs score
         sampling = {"do_sample": False} if greedy else {
             "do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
@@ -163,6 +338,7 @@ class PolicyModule(L.LightningModule):
                 **inputs,
                 **sampling,
                 max_new_tokens=self.max_new_tokens,
+                min_new_tokens=self.min_new_tokens or None,
                 suppress_tokens=self.bad_ids or None,
                 pad_token_id=self.pad_id,
                 eos_token_id=self.eos_id,
@@ -172,21 +348,14 @@ class PolicyModule(L.LightningModule):
         finally:
             if hook is not None:
                 hook.remove()
-        gen_dev = out.sequences[:, inputs["input_ids"].shape[1] :]
-        gen = gen_dev.cpu()
-        is_eos = gen == self.eos_id
-        lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, gen.shape[1])  # keep the EOS
-        ids = [row[:n] for row, n in zip(gen, lengths.tolist())]
-        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        gen = out.sequences[:, inputs["input_ids"].shape[1] :]
         if not score:
-            return Generation(ids=ids, texts=texts)
+            return gen, None, None
         # step t's logits predict token t; one (B, vocab) step at a time keeps the peak small
         token_logp = torch.stack([
-            torch.log_softmax(step.float() / self.temperature, -1).gather(-1, gen_dev[:, t, None])[:, 0]
-            for t, step in enumerate(out.logits)], dim=1).cpu()
-        values = self.value_head(prefill[0]).float().cpu()
-        return Generation(ids=ids, texts=texts, token_logp=[row[:n] for row, n in zip(token_logp, lengths.tolist())],
-                          values=values)
+            torch.log_softmax(step.float() / self.temperature, -1).gather(-1, gen[:, t, None])[:, 0]
+            for t, step in enumerate(out.logits)], dim=1)
+        return gen, token_logp, self.value_head(prefill[0])
 
     def token_weights(self, ids: Tensor, text: str, cot: bool) -> Tensor:
         """Per-token log-prob weights (L,) of one answer (see :func:`action_token_start`)."""
@@ -195,8 +364,14 @@ class PolicyModule(L.LightningModule):
 
     # ------------------------------------------------------------ scoring and training
 
-    def collate_train(self, prompts: list[Prompt], gen_ids: list[Tensor], weights: list[Tensor]) -> TrainInputs:
-        """[left-padded prompt | right-padded answer] for a teacher-forced forward."""
+    def collate_train(self, prompts: list[Prompt], gen_ids: list[Tensor], weights: list[Tensor],
+                      share: bool | None = None) -> TrainInputs:
+        """[left-padded prompt | right-padded answer] for a teacher-forced forward.
+
+        With a shared prefix (see :meth:`split_prefix`; ``share=False`` never)
+        ``model_inputs`` hold only what follows it, and ``prefix`` the prefix.
+        """
+        prefix, prompts = self.split_prefix(prompts, share)
         batch = self.collate_prompts(prompts)
         prompt_len = batch["input_ids"].shape[1]
         width = max(len(g) for g in gen_ids)
@@ -210,7 +385,7 @@ class PolicyModule(L.LightningModule):
         for key in TOKEN_KEYS[2:]:
             if key in batch:
                 batch[key] = torch.cat([batch[key], torch.zeros_like(gen, dtype=batch[key].dtype)], dim=1)
-        return TrainInputs(batch, gen, w, prompt_len)
+        return TrainInputs(batch, gen, w, prompt_len, prefix)
 
     def forward(self, inputs: TrainInputs, with_entropy: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher-forced pass: per-token log-probs (B, L), values (B,), mean token entropy (B,).
@@ -218,10 +393,11 @@ class PolicyModule(L.LightningModule):
         Log-probs come from temperature-scaled logits, as the tokens were sampled.
         One forward gives both the actor's and the critic's outputs.
         """
-        model_inputs = {k: v.to(self.device) for k, v in inputs.model_inputs.items()}
+        model_inputs = self._model_kwargs(inputs.model_inputs, inputs.prefix)
         gen = inputs.gen_ids.to(self.device)
         length = gen.shape[1]
-        out = self.model(**model_inputs, output_hidden_states=True, use_cache=False, logits_to_keep=length + 1)
+        out = self.model(**model_inputs, output_hidden_states=True, use_cache=inputs.prefix is not None,
+                         logits_to_keep=length + 1)
         logits = out.logits[:, :-1].float() / self.temperature  # position P-1+t predicts answer token t
         logp_all = torch.log_softmax(logits, dim=-1)
         token_logp = logp_all.gather(-1, gen.unsqueeze(-1)).squeeze(-1)
@@ -257,9 +433,15 @@ class PolicyModule(L.LightningModule):
     @torch.no_grad()
     def values(self, prompts: list[Prompt]) -> Tensor:
         """V(o) (B,) for prompts alone (bootstrapping a truncated or unfinished episode)."""
-        batch = {k: v.to(self.device) for k, v in self.collate_prompts(prompts).items()}
-        out = self.model(**batch, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+        prefix, prompts = self.split_prefix(prompts)
+        batch = self._model_kwargs(self.collate_prompts(prompts), prefix)
+        out = self.model(**batch, output_hidden_states=True, use_cache=prefix is not None, logits_to_keep=1)
         return self.value_head(out.hidden_states[-1][:, -1]).float().cpu()
+
+
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether activation (gradient) checkpointing is on: it drops the cache a shared prefix needs."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
 def _first_last_hidden(store: list[Tensor]):

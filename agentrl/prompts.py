@@ -20,9 +20,10 @@ from agentrl.envs.base import EnvObs
 class PromptTemplate(ABC):
     """Base template: task text + legal actions + JSON output format."""
 
-    def __init__(self, cot: bool = True, text_state: bool = False) -> None:
+    def __init__(self, cot: bool = True, text_state: bool = False, image_first: bool = False) -> None:
         self.cot = cot
         self.text_state = text_state
+        self.image_first = image_first
 
     @abstractmethod
     def task_text(self, obs: EnvObs) -> str:
@@ -57,11 +58,14 @@ class PromptTemplate(ABC):
         return "{" + ", ".join(f'"{k}": "{v}"' for k, v in fields.items()) + "}"
 
     def messages(self, obs: EnvObs) -> list[dict[str, Any]]:
-        """Chat messages: one user turn with the image (when there is one) and the prompt."""
-        content: list[dict[str, Any]] = []
+        """Chat messages: one user turn with the prompt and the image (when there is one).
+
+        The image goes after the text unless ``image_first``: prompts of one batch
+        then share their leading text, which the policy runs once (policy.share_prefix).
+        """
+        content: list[dict[str, Any]] = [{"type": "text", "text": self.prompt(obs)}]
         if obs.image is not None:
-            content.append({"type": "image"})
-        content.append({"type": "text", "text": self.prompt(obs)})
+            content.insert(0 if self.image_first else 1, {"type": "image"})
         return [{"role": "user", "content": content}]
 
     def answer(self, fields: dict[str, Any]) -> str:

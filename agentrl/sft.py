@@ -76,7 +76,8 @@ def make_template(cfg: Config) -> PromptTemplate:
     env_cls = resolve("env", "env.name", cfg.env.name, ENVS)
     default = FAMILY_DEFAULTS.get(getattr(env_cls, "family", "gym_cards"), ("gym_cards", "json"))[0]
     name = default if cfg.prompt.template == "auto" else cfg.prompt.template
-    return resolve("template", "prompt.template", name, TEMPLATES)(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state)
+    template_cls = resolve("template", "prompt.template", name, TEMPLATES)
+    return template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state, image_first=cfg.prompt.image_first)
 
 
 def expert_examples(cfg: Config, n: int, *, split: str = "train", seed: int | None = None) -> list[Example]:
@@ -179,7 +180,7 @@ def encode(policy: PolicyModule, examples: list[Example]) -> list[Encoded]:
 def collate(policy: PolicyModule, batch: list[Encoded]) -> tuple[dict[str, Tensor], Tensor]:
     """Model inputs [left-padded prompt | right-padded answer] and labels (B, P + L), -100 off the answer."""
     inputs = policy.collate_train([e.prompt for e in batch], [e.answer_ids for e in batch],
-                                  [torch.ones(len(e.answer_ids)) for e in batch])
+                                  [torch.ones(len(e.answer_ids)) for e in batch], share=False)
     labels = torch.full_like(inputs.model_inputs["input_ids"], IGNORE)
     labels[:, inputs.prompt_len:] = torch.where(inputs.weights > 0, inputs.gen_ids, IGNORE)
     return inputs.model_inputs, labels

@@ -5,11 +5,13 @@
     python tools/bench_rollout.py --model-path /models/llava --device cuda --dtype bfloat16
 
 (a) "reference": what the reference implementation does per process, written
-    out faithfully: one env, per step a batch-1 ``generate``, then a SEPARATE
-    batch-1 teacher-forced forward for the old log-prob and the value, then
-    parse and step.
-(b) "agentrl": ``RolloutDataModule.collect`` with ``num_envs`` envs (one
-    batched generate per env step, log-probs and values as the config says).
+    out faithfully: one env, per step a batch-1 transformers ``generate``
+    (sampling with ``torch.multinomial``), then a SEPARATE batch-1
+    teacher-forced forward for the old log-prob and the value, then parse and step.
+(b) "agentrl": ``RolloutDataModule.collect`` with ``num_envs`` envs: per env
+    step one batched pass of agentrl's decode loop (shared prompt prefix run
+    once, Gumbel-max sampling, log-probs and values from that pass). The
+    "agentrl, 1 env" row shows what the loop alone gives, without batching.
 
 Every variant takes the same number of env steps (``--steps``) with the same
 model weights, sampling settings (temperature, top_p, top_k=0) and
@@ -20,7 +22,7 @@ Answer lengths: a randomly initialised tiny model emits answers of 2 to
 longest row stops, so the amount of work would differ from variant to
 variant by chance. By default (``--lengths fixed``) every answer is forced to
 exactly ``max_new_tokens`` tokens (``min_new_tokens = max_new_tokens``: EOS is
-masked until then), so every variant generates and scores the same number of
+masked until then, in both loops), so every variant generates and scores the same number of
 tokens and env-steps/s compare like for like. ``--lengths free`` samples
 freely instead (closer to a trained model's short answers); compare tokens/s
 then. A trained agent's answers are of similar length, so "fixed" is the
@@ -100,19 +102,27 @@ def reference_loop(policy: PolicyModule, data: RolloutDataModule, steps: int, se
     for _ in range(steps):
         prompt = policy.encode(template.messages(obs[0]), obs[0].image)
         t0 = time.perf_counter()
-        gen = policy.generate([prompt])
+        inputs = {k: v.to(policy.device) for k, v in prompt.items()}
+        out = policy.model.generate(
+            **inputs, do_sample=True, temperature=policy.temperature, top_p=policy.top_p, top_k=0,
+            max_new_tokens=policy.max_new_tokens, min_new_tokens=policy.min_new_tokens or None,
+            suppress_tokens=policy.bad_ids or None, pad_token_id=policy.pad_id, eos_token_id=policy.eos_id)
+        ids = out[0, inputs["input_ids"].shape[1]:].cpu()
+        if (ids == policy.eos_id).any():
+            ids = ids[: int((ids == policy.eos_id).int().argmax()) + 1]
+        text = policy.tokenizer.decode(ids, skip_special_tokens=True)
         sync(policy.device)
         t1 = time.perf_counter()
-        weights = [policy.token_weights(gen.ids[0], gen.texts[0], data.cot)]
-        inputs = policy.collate_train([prompt], gen.ids, weights)
+        weights = [policy.token_weights(ids, text, data.cot)]
+        inputs = policy.collate_train([prompt], [ids], weights)
         token_logp, value, _ = policy(inputs)
         logp = ppo.weighted_logprob(token_logp.float().cpu(), inputs.weights)  # noqa: F841 (stored by the reference)
         value = value.float().cpu()
         t_gen, t_score = t_gen + t1 - t0, t_score + time.perf_counter() - t1
-        result = parser.parse(gen.texts[0], obs[0].legal_actions)
+        result = parser.parse(text, obs[0].legal_actions)
         action = result.action if result.ok else obs[0].legal_actions[rng.integers(len(obs[0].legal_actions))]
         obs = envs.step([action]).obs
-        tokens += len(gen.ids[0])
+        tokens += len(ids)
     return {"tokens": tokens, "generate_s": t_gen, "score_s": t_score}
 
 
@@ -163,8 +173,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     device = torch.device(args.device)
     policy.to(device).eval()
     if args.lengths == "fixed":
-        gen_model = policy.model.get_base_model() if hasattr(policy.model, "get_base_model") else policy.model
-        gen_model.generation_config.min_new_tokens = args.max_new_tokens
+        policy.min_new_tokens = args.max_new_tokens
 
     # warm-up (lazy inits, allocator, kernels): a few steps of each code path, untimed
     reference_loop(policy, base, 2, args.seed)

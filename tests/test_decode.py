@@ -1,0 +1,160 @@
+"""The rollout fast path: shared prompt prefix, agentrl's decode loop and its sampler, against the plain paths."""
+
+import pytest
+import torch
+
+from agentrl.config import load_config
+from agentrl.fit import build
+from agentrl.policy import MIN_SHARED_PREFIX
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_path):
+    """A policy and 4 NumberLine prompts of two lengths (left padding), images after the text."""
+    torch.manual_seed(0)
+    cfg = load_config("conf/numberline.yaml", ["env.num_envs=4", "rollout.max_new_tokens=12",
+                                               "rollout.temperature=0.7"])
+    policy, data = build(cfg)
+    obs = data.envs.reset(0)
+    prompts = [data.encode(o) for o in obs]
+    data.template.text_state = True  # rows 1 and 3 get a longer, different text
+    prompts[1], prompts[3] = data.encode(obs[1]), data.encode(obs[3])
+    data.template.text_state = False
+    assert len({p["input_ids"].shape[1] for p in prompts}) == 2
+    yield policy, data, prompts
+    data.envs.close()
+
+
+def run_paths(policy, prompts, own: bool, share: bool, seed: int = 0):
+    """Greedy generate, then a teacher-forced forward + backward and values(), on one path."""
+    policy.own_decode, policy.share_prefix = own, share
+    try:
+        gen = policy.generate(prompts, greedy=True, score=True)
+        train = policy.collate_train(prompts, gen.ids, [torch.full((len(g),), 0.5) for g in gen.ids])
+        assert (train.prefix is not None) == share
+        policy.zero_grad(set_to_none=True)
+        token_logp, values, _ = policy(train)
+        (token_logp.sum() + values.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        return gen, token_logp.detach(), values.detach(), grads, policy.values(prompts)
+    finally:
+        policy.own_decode = policy.share_prefix = True
+        policy.zero_grad(set_to_none=True)
+
+
+def test_prefix_is_the_common_text_before_the_image(setup):
+    policy, data, prompts = setup
+    prefix, rest = policy.split_prefix(prompts)
+    size = prefix["input_ids"].shape[1]
+    assert size >= MIN_SHARED_PREFIX
+    ids = [p["input_ids"][0] for p in prompts]
+    assert all(torch.equal(i[:size], prefix["input_ids"][0]) for i in ids)
+    assert len({int(i[size]) for i in ids}) > 1  # it stops where the rows differ (text_state rows)
+    for p, r in zip(prompts, rest):
+        assert torch.equal(torch.cat([prefix["input_ids"], r["input_ids"]], 1), p["input_ids"])
+        assert torch.equal(r["pixel_values"], p["pixel_values"])
+    # same text everywhere: the prefix runs up to the first image token, never into it
+    same = [data.encode(o) for o in data.envs.reset(0)]
+    prefix, _ = policy.split_prefix(same)
+    image_id = policy.model.config.image_token_id
+    first_image = int((same[0]["input_ids"][0] == image_id).int().argmax())
+    assert prefix["input_ids"].shape[1] == first_image
+    # one prompt, or sharing switched off: nothing to share
+    assert policy.split_prefix(prompts[:1])[0] is None and policy.split_prefix(prompts, share=False)[0] is None
+
+
+def test_image_first_prompts_share_too_little_to_split(setup):
+    policy, data, _ = setup
+    data.template.image_first = True
+    try:
+        prompts = [data.encode(o) for o in data.envs.reset(0)]
+    finally:
+        data.template.image_first = False
+    assert prompts[0]["input_ids"][0][:8].tolist().count(policy.model.config.image_token_id) > 0
+    assert policy.split_prefix(prompts)[0] is None
+
+
+def test_shared_prefix_and_own_decode_match_transformers_generate(setup):
+    """Every path gives the same answers, log-probs, values and gradients as generate + a plain forward."""
+    policy, _, prompts = setup
+    ref = run_paths(policy, prompts, own=False, share=False)
+    for own, share in [(True, False), (False, True), (True, True)]:
+        gen, logp, values, grads, boot = run_paths(policy, prompts, own, share)
+        path = f"own_decode={own} share_prefix={share}"
+        assert all(torch.equal(a, b) for a, b in zip(ref[0].ids, gen.ids)), (own, share)
+        for a, b in zip(ref[0].token_logp, gen.token_logp):
+            torch.testing.assert_close(a, b, atol=2e-6, rtol=0)
+        torch.testing.assert_close(ref[0].values, gen.values, atol=1e-6, rtol=0)
+        torch.testing.assert_close(ref[1], logp, atol=2e-6, rtol=0, msg=lambda m, path=path: f"{path}: {m}")
+        torch.testing.assert_close(ref[2], values, atol=1e-6, rtol=0)
+        torch.testing.assert_close(ref[4], boot, atol=1e-6, rtol=0)
+        assert grads.keys() == ref[3].keys()
+        total = sum(float(g.norm()) ** 2 for g in ref[3].values()) ** 0.5
+        err = sum(float((ref[3][n] - grads[n]).norm()) ** 2 for n in grads) ** 0.5
+        assert err < 1e-5 * total, (own, share, err / total)
+    # the generated log-probs are those a teacher-forced forward gives (the old log-probs of PPO)
+    for i, row in enumerate(ref[0].token_logp):
+        torch.testing.assert_close(row, ref[1][i, : len(row)], atol=2e-6, rtol=0)
+
+
+def test_sampled_answers_score_the_same_under_a_forward(setup):
+    policy, _, prompts = setup
+    torch.manual_seed(5)
+    gen = policy.generate(prompts, score=True)
+    with torch.no_grad():
+        logp, values, _ = policy(policy.collate_train(prompts, gen.ids, [torch.ones(len(g)) for g in gen.ids]))
+    for i, row in enumerate(gen.token_logp):
+        torch.testing.assert_close(row, logp[i, : len(row)], atol=2e-6, rtol=0)
+    torch.testing.assert_close(values, gen.values, atol=1e-6, rtol=0)
+    torch.manual_seed(5)
+    again = policy.generate(prompts, score=True)
+    assert all(torch.equal(a, b) for a, b in zip(gen.ids, again.ids))  # same seed, same answers
+
+
+def test_the_image_still_reaches_every_row_after_the_prefix(setup):
+    policy, data, _ = setup
+    same = [data.encode(o) for o in data.envs.reset(0)]
+    assert policy.split_prefix(same)[0] is not None
+    blank = dict(same[0], pixel_values=torch.zeros_like(same[0]["pixel_values"]))
+    values = policy.values([same[0], blank, same[0]])
+    assert values[0] == pytest.approx(float(values[2]), abs=1e-6) and abs(float(values[0] - values[1])) > 1e-7
+
+
+def test_pick_draws_from_the_tempered_softmax(setup):
+    policy = setup[0]
+    old = policy.temperature, policy.top_p, policy.bad_ids
+    try:
+        policy.temperature, policy.top_p, policy.bad_ids = 0.5, 1.0, [3]
+        logits = torch.tensor([[0.0, 0.5, -0.3, 2.0, 0.2]]).repeat(200_000, 1)
+        torch.manual_seed(0)
+        freq = torch.bincount(policy.pick(logits), minlength=5).float() / len(logits)
+        expect = torch.softmax(logits[0].index_fill(0, torch.tensor([3]), float("-inf")) / 0.5, -1)
+        assert freq[3] == 0  # suppressed
+        torch.testing.assert_close(freq, expect, atol=4e-3, rtol=0)  # binomial sd <= 1.2e-3
+        # nucleus: keep the most likely tokens until their mass reaches top_p
+        policy.top_p = 0.6
+        freq = torch.bincount(policy.pick(logits), minlength=5).float() / len(logits)
+        kept = expect.clone()  # expect ~ [0.174, 0.472, 0.095, 0, 0.259]: tokens 1 then 4 reach 0.6
+        kept[[0, 2]] = 0
+        torch.testing.assert_close(freq, kept / kept.sum(), atol=4e-3, rtol=0)
+        assert (policy.pick(logits[:5], greedy=True) == 1).all()
+        eos = policy.eos_id
+        assert not (policy.pick(torch.zeros(1000, max(eos + 1, 5)), allow_eos=False) == eos).any()
+    finally:
+        policy.temperature, policy.top_p, policy.bad_ids = old
+
+
+def test_checkpointing_and_unverified_families_run_unshared(tiny_path):
+    cfg = load_config("conf/numberline.yaml", ["env.num_envs=2", "model.gradient_checkpointing=true"])
+    policy, data = build(cfg)
+    prompts = data.current_prompts()
+    assert policy.own_decode and policy.split_prefix(prompts)[0] is None  # checkpointing drops the cache
+    policy.model.config.model_type = "qwen2_vl"  # what from_config sees for a family not verified here
+    try:
+        from agentrl.policy import PolicyModule
+
+        other = PolicyModule(policy.model, policy.processor, thought_coef=0.5, value_hidden=[8], temperature=1.0)
+        assert not other.own_decode and not other.share_prefix
+    finally:
+        policy.model.config.model_type = "llava"
+    data.envs.close()

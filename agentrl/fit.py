@@ -160,6 +160,7 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
     for update in range(start, t.max_updates):
         t0 = time.perf_counter()
         # 1-2. collect a fixed number of env steps per rank and score them (old log-probs and values)
+        policy.eval()
         with fabric.autocast():
             rollout = data.collect()
         t_collect = time.perf_counter() - t0
@@ -173,6 +174,7 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
 
         # 4. PPO epochs over shuffled minibatches, gradients accumulated over micro-batches
         t1 = time.perf_counter()
+        policy.train()  # activation checkpointing runs in train mode; dropout stays off (PolicyModule.train)
         losses = ppo_update(fabric, policy, policy_f, optimizer, scheduler, data, rollout, cfg, shuffle, local_mb,
                             guard)
         t_update = time.perf_counter() - t1

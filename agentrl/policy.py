@@ -145,6 +145,19 @@ class PolicyModule(L.LightningModule):
             image_size=cfg.model.image_size, share_prefix=cfg.policy.share_prefix,
         )
 
+    def train(self, mode: bool = True) -> PolicyModule:
+        """Train mode (``fit`` sets it for the PPO update, eval mode for rollouts), every dropout kept off.
+
+        Activation checkpointing only runs in train mode; dropout would make the
+        update's log-probs differ from the sampling pass's, so PPO's ratio would
+        not start at 1 (TRL's PPO disables dropout for the same reason).
+        """
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.eval()
+        return self
+
     # ------------------------------------------------------------ prompts
 
     def encode(self, messages: list[dict[str, Any]], image: np.ndarray | None) -> Prompt:
@@ -440,8 +453,8 @@ class PolicyModule(L.LightningModule):
 
 
 def _checkpointing(model: nn.Module) -> bool:
-    """Whether activation (gradient) checkpointing is on: it drops the cache a shared prefix needs."""
-    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    """Whether activation checkpointing runs now (train mode, with gradients): it drops the cache a shared prefix needs."""
+    return torch.is_grad_enabled() and any(getattr(m, "gradient_checkpointing", False) and m.training for m in model.modules())
 
 
 def _first_last_hidden(store: list[Tensor]):

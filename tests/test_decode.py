@@ -148,7 +148,12 @@ def test_checkpointing_and_unverified_families_run_unshared(tiny_path):
     cfg = load_config("conf/numberline.yaml", ["env.num_envs=2", "model.gradient_checkpointing=true"])
     policy, data = build(cfg)
     prompts = data.current_prompts()
+    policy.train()
     assert policy.own_decode and policy.split_prefix(prompts)[0] is None  # checkpointing drops the cache
+    with torch.no_grad():  # ... only where there is a backward to replay the layers for
+        assert policy.split_prefix(prompts)[0] is not None
+    policy.eval()
+    assert policy.split_prefix(prompts)[0] is not None
     policy.model.config.model_type = "qwen2_vl"  # what from_config sees for a family not verified here
     try:
         from agentrl.policy import PolicyModule

@@ -162,3 +162,60 @@ def test_bf16_true_keeps_the_value_head_in_float32(tmp_path, tiny_path):
     assert {p.dtype for p in policy.model.parameters()} == {torch.bfloat16}
     assert all(torch.isfinite(p.float()).all() for p in policy.parameters())
     assert result.counters["env_steps"] == 8
+
+
+def test_update_runs_in_train_mode_checkpointed_without_dropout(tiny_path):
+    """model.gradient_checkpointing must act in the update (it only does in train mode), and dropout must not:
+    PPO's ratio compares against the sampling pass's log-probs."""
+    cfg = load_config(ROOT / "conf/numberline.yaml", SMALL + [
+        "model.gradient_checkpointing=true", "model.finetune=lora", "model.lora.dropout=0.5"])
+    policy, data = build(cfg)
+    policy.eval()
+    prompts = data.current_prompts()
+    assert policy.split_prefix(prompts)[0] is not None  # rollouts (eval mode) still share the prefix
+    gen = policy.generate(prompts, score=True)
+    layer = next(m for m in policy.modules() if type(m).__name__.endswith("DecoderLayer"))
+    calls, mlp_forward = [], layer.mlp.forward
+
+    def counted(*args, **kwargs):  # runs inside the checkpointed forward, also when the backward replays it
+        calls.append(1)
+        return mlp_forward(*args, **kwargs)
+
+    layer.mlp.forward = counted
+    for mode, recomputed in ((False, 0), (True, 1)):
+        policy.train(mode)
+        inputs = policy.collate_train(prompts, gen.ids, [torch.ones(len(g)) for g in gen.ids])
+        assert (inputs.prefix is None) == mode  # checkpointing drops the cache a shared prefix needs
+        calls.clear()
+        logp, values, _ = policy(inputs)
+        again = policy(inputs)[0]
+        passes = 2 * (1 if inputs.prefix is None else 2)  # a shared prefix is one more pass of every layer
+        assert len(calls) == passes
+        assert torch.equal(logp, again)  # LoRA dropout 0.5 stays off
+        for i, row in enumerate(gen.token_logp):
+            torch.testing.assert_close(logp[i, : len(row)].detach(), row, atol=2e-6, rtol=0)
+        (logp.sum() + values.sum()).backward()
+        assert len(calls) == passes + recomputed  # checkpointing re-runs the layer in the backward
+    data.envs.close()
+
+
+def test_fit_collects_in_eval_mode_and_updates_in_train_mode(tmp_path, tiny_path, monkeypatch):
+    import agentrl.fit as F
+    from agentrl.rollout import RolloutDataModule
+
+    seen = []
+    collect, update = RolloutDataModule.collect, F.ppo_update
+
+    def spy_collect(self):
+        seen.append(("collect", self.policy.model.training))
+        return collect(self)
+
+    def spy_update(fabric, policy, *args, **kwargs):
+        seen.append(("update", policy.model.training))
+        return update(fabric, policy, *args, **kwargs)
+
+    monkeypatch.setattr(RolloutDataModule, "collect", spy_collect)
+    monkeypatch.setattr(F, "ppo_update", spy_update)
+    fit(load_config(ROOT / "conf/numberline.yaml", [*SMALL, "trainer.max_updates=2", "trainer.image_log_every=0",
+                                                    f"trainer.out_dir={tmp_path}"]))
+    assert seen == [("collect", False), ("update", True)] * 2

@@ -78,8 +78,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     precision=args.precision)
     policy_f = fabric.setup_module(policy)
     policy.value_head.float()
+    policy.eval()
     rollout = data.collect()
     data.envs.close()
+    policy.train()  # as fit: activation checkpointing (if configured) on, dropout off
     adv, ret = rollout.advantages_and_returns(cfg.ppo.gamma, cfg.ppo.gae_lambda)
     rollout.advantages, rollout.returns = ppo.whiten(adv, adv.mean(), adv.var(unbiased=False)), ret
 

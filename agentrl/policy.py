@@ -165,10 +165,31 @@ class PolicyModule(L.LightningModule):
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         if image is None:
             return dict(self.processor(text=[text], return_tensors="pt"))
-        image = Image.fromarray(np.asarray(image, dtype=np.uint8))
-        if self.image_size:
-            image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
-        return dict(self.processor(text=[text], images=[image], return_tensors="pt"))
+        return dict(self.processor(text=[text], images=[self._pil(image)], return_tensors="pt"))
+
+    def encode_many(self, items: list[tuple[list[dict[str, Any]], np.ndarray | None]]) -> list[Prompt]:
+        """:meth:`encode` for many (messages, image) pairs in ONE processor call, same result per prompt.
+
+        ~3x faster for a batch of 16 NumberLine prompts. Verified families only
+        (every processor output then has one row per prompt); others, or a mix
+        of prompts with and without images, are encoded one by one.
+        """
+        with_image = [image is not None for _, image in items]
+        if not self.own_decode or len(items) < 2 or len(set(with_image)) > 1:
+            return [self.encode(m, image) for m, image in items]
+        texts = [self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _ in items]
+        images = {"images": [self._pil(image) for _, image in items]} if with_image[0] else {}
+        out = self.processor(text=texts, **images, padding=True, return_tensors="pt")
+        if any(v.shape[0] != len(items) for v in out.values()):
+            return [self.encode(m, image) for m, image in items]
+        prompts = []
+        for i, keep in enumerate(out["attention_mask"].bool()):
+            prompts.append({k: v[i : i + 1, keep] if k in TOKEN_KEYS else v[i : i + 1] for k, v in out.items()})
+        return prompts
+
+    def _pil(self, image: np.ndarray) -> Image.Image:
+        pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
+        return pil.resize((self.image_size, self.image_size), Image.BILINEAR) if self.image_size else pil
 
     def collate_prompts(self, prompts: list[Prompt]) -> dict[str, Tensor]:
         """Left-pad per-token tensors, concatenate the rest (pixel values, grids)."""

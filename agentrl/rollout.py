@@ -120,11 +120,14 @@ class RolloutDataModule:
     def encode(self, obs: EnvObs) -> Prompt:
         return self.policy.encode(self.template.messages(obs), obs.image)
 
+    def encode_all(self, obs: list[EnvObs]) -> list[Prompt]:
+        return self.policy.encode_many([(self.template.messages(o), o.image) for o in obs])
+
     def current_prompts(self) -> list[Prompt]:
         """Prompts of the envs' current observations (resetting them on first use)."""
         if self._obs is None:
             self._obs = self.envs.reset(self.seed)
-        return [self.encode(o) for o in self._obs]
+        return self.encode_all(self._obs)
 
     # ------------------------------------------------------------ 1. collect
 
@@ -146,7 +149,7 @@ class RolloutDataModule:
         gen_logp: list[Tensor] = []
         gen_values: list[Tensor] = []
         for t in range(T):
-            step_prompts = self._prompts or [self.encode(o) for o in self._obs]
+            step_prompts = self._prompts or self.encode_all(self._obs)
             self._prompts = None
             t0 = time.perf_counter()
             gen = self.policy.generate(step_prompts, score=from_generate)
@@ -187,7 +190,7 @@ class RolloutDataModule:
             logp, values = torch.stack(gen_logp), torch.cat(gen_values)
         else:
             logp, values = self.score(prompts, gen_ids, weights)
-        self._prompts = [self.encode(o) for o in self._obs]  # the next collect starts from these
+        self._prompts = self.encode_all(self._obs)  # the next collect starts from these
         last_values = self.policy.values(self._prompts)
         final_values = torch.zeros(T, N)
         if final:

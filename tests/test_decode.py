@@ -163,3 +163,26 @@ def test_checkpointing_and_unverified_families_run_unshared(tiny_path):
     finally:
         policy.model.config.model_type = "llava"
     data.envs.close()
+
+
+def test_encode_many_is_encode_one_by_one(setup, tiny_path):
+    import dataclasses
+
+    policy, data, _ = setup
+
+    def items(obs):
+        out = [(data.template.messages(o), o.image) for o in obs]
+        data.template.text_state = True  # two longer prompts: the batched call pads, the split must unpad
+        out[0], out[2] = [(data.template.messages(o), o.image) for o in (obs[0], obs[2])]
+        data.template.text_state = False
+        return out
+
+    obs = data.envs.reset(3)
+    for batch in (items(obs), items([dataclasses.replace(o, image=None) for o in obs])):  # images; text only
+        many = policy.encode_many(batch)
+        one = [policy.encode(m, image) for m, image in batch]
+        assert len({p["input_ids"].shape[1] for p in one}) == 2
+        for a, b in zip(many, one):
+            assert a.keys() == b.keys()
+            for k in a:
+                assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k

@@ -314,12 +314,15 @@ class PolicyModule(L.LightningModule):
         mask, pos = kw["attention_mask"], kw["position_ids"]
         out = self.model(**kw, cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=score)
         values = self.value_head(out.hidden_states[-1][:, -1]) if score else None
+        # decode steps are text only: the language model and the LM head, without the VLM wrapper's checks
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        logits = out.logits[:, -1]
         rows = mask.shape[0]
         done = torch.zeros(rows, dtype=torch.bool, device=mask.device)
         pos = pos[:, -1:]
         tokens, logps = [], []
         for t in range(self.max_new_tokens):
-            logits = out.logits[:, -1].float()
+            logits = logits.float()
             tok = self.pick(logits, greedy, allow_eos=t >= self.min_new_tokens).masked_fill_(done, self.pad_id)
             tokens.append(tok)
             if score:
@@ -329,8 +332,9 @@ class PolicyModule(L.LightningModule):
                 break
             mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
             pos = pos + 1
-            out = self.model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, cache=cache,
-                             use_cache=True)
+            hidden = decoder(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, cache=cache,
+                             use_cache=True).last_hidden_state
+            logits = head(hidden[:, -1])
         return torch.stack(tokens, 1), torch.stack(logps, 1) if score else None, values
 
     def pick(self, logits: Tensor, greedy: bool = False, allow_eos: bool = True) -> Tensor:

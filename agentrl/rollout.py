@@ -175,8 +175,8 @@ class RolloutDataModule:
             t_env += time.perf_counter() - t0
             rewards[t] = step.reward + penalties
             terminated[t], truncated[t] = step.terminated, step.truncated
-            for i in np.flatnonzero(step.truncated & ~step.terminated):
-                final[(t, i)] = self.encode(step.final_obs[i])
+            cut = np.flatnonzero(step.truncated & ~step.terminated)
+            final.update(zip(((t, i) for i in cut), self.encode_all([step.final_obs[i] for i in cut])))
             episodes += [e for e in step.episodes if e is not None]
             prompts += step_prompts
             gen_ids += gen.ids

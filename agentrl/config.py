@@ -102,8 +102,17 @@ class PromptConfig:
     """Ask for reasoning ("thoughts") before the action; false is the paper's no-CoT ablation."""
     text_state: bool = False
     """Also write the text state (numbers, formula) into the prompt, not only the image."""
-    image_first: bool = False
-    """Image before the text (the paper's LLaVA prompts); false puts it after, so a batch's prompts share their text prefix (policy.share_prefix)."""
+    image_position: str = "first"
+    """Where the image goes in the user turn: "first" (as the paper's LLaVA prompts; the tiny model reads it best there), "after_task" (after the task description) or "last"; the text before it is what a batch's prompts share (policy.share_prefix)."""
+
+
+    def __post_init__(self) -> None:
+        if self.image_position not in IMAGE_POSITIONS:
+            raise ConfigError(f"prompt.image_position must be one of {', '.join(IMAGE_POSITIONS)}, "
+                              f"got {self.image_position!r}")
+
+
+IMAGE_POSITIONS = ("first", "after_task", "last")
 
 
 @dataclass

@@ -61,7 +61,7 @@ def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1
         failure_penalty=cfg.parser.failure_penalty, score_batch_size=cfg.ppo.micro_batch_size,
         kl_coef=cfg.policy.kl_coef, logprobs_from=cfg.rollout.logprobs_from,
     )
-    template = template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state, image_first=cfg.prompt.image_first)
+    template = template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state, image_position=cfg.prompt.image_position)
     data.connect(policy, envs, template, parser_cls())
     policy.freeze_unreachable(data.current_prompts()[0])
     if cfg.policy.init_from:  # after the freeze: a fit checkpoint holds only what fit could train

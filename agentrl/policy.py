@@ -7,7 +7,7 @@ Idefics3) works: per-token tensors are left-padded, the rest concatenated.
 
 Shared prompt prefix: the prompts of one batch usually start with the same
 tokens (chat template, task rules, output format; the image comes after the
-text by default, see ``prompt.image_first``). For model families where it is
+text by default, see ``prompt.image_position``). For model families where it is
 verified (:data:`SHARED_PREFIX_FAMILIES`), that prefix runs ONCE per batch, at
 batch size 1, and every row continues from a copy of its key/value cache:
 in ``generate``, in the teacher-forced ``forward`` of scoring and training
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from agentrl.models import suppressed_token_ids, text_hidden_size
 from agentrl.parsing import action_span_start
@@ -122,6 +123,7 @@ class PolicyModule(L.LightningModule):
         self.bad_ids = suppressed_token_ids(processor)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_id = self.tokenizer.eos_token_id
+        self._biases: dict[tuple, Tensor] = {}
         self.min_new_tokens = 0  # EOS is masked before this many tokens (benchmarks force equal lengths with it)
         config = model.config
         # verified families: 1-D positions from the mask and agentrl's decode loop (else transformers' generate)
@@ -232,8 +234,6 @@ class PolicyModule(L.LightningModule):
 
         Under autograd the repeat's backward sums every row's gradient into the one prefix pass.
         """
-        from transformers import DynamicCache
-
         cache = DynamicCache(config=self.model.config)
         self.model(**{k: v.to(self.device) for k, v in prefix.items()}, cache=cache, use_cache=True,
                    logits_to_keep=1)
@@ -307,10 +307,8 @@ class PolicyModule(L.LightningModule):
         softmax, without ``torch.multinomial``'s slow CPU path (~3x the cost at
         batch 16). Finished rows emit padding, as ``generate`` does.
         """
-        from transformers import DynamicCache
-
         kw = self._model_kwargs(batch, prefix)
-        cache = kw.pop("cache", None) or DynamicCache(config=self.model.config)
+        cache = _growing_cache(self.model.config, kw.pop("cache", None), self.max_new_tokens + 1)
         mask, pos = kw["attention_mask"], kw["position_ids"]
         out = self.model(**kw, cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=score)
         values = self.value_head(out.hidden_states[-1][:, -1]) if score else None
@@ -343,20 +341,27 @@ class PolicyModule(L.LightningModule):
         Suppressed ids (the image placeholder) are never picked; ``top_p`` < 1
         keeps the smallest set of most likely tokens whose probability reaches it.
         """
-        scores = logits.clone()
-        if self.bad_ids:
-            scores[:, self.bad_ids] = float("-inf")
-        if not allow_eos:
-            scores[:, self.eos_id] = float("-inf")
+        scores = torch.add(self._logit_bias(logits, allow_eos), logits, alpha=1.0 / self.temperature)
         if greedy:
             return scores.argmax(-1)
-        scores /= self.temperature
         if self.top_p < 1.0:
             probs, order = torch.softmax(scores, -1).sort(-1, descending=True)
             drop = probs.cumsum(-1) - probs >= self.top_p  # the mass before a token already reaches top_p
             scores.scatter_(-1, order, torch.where(drop, float("-inf"), scores.gather(-1, order)))
-        gumbel = torch.rand_like(scores).log_().neg_().log_().neg_()  # -log(-log U), U ~ Uniform(0, 1)
-        return (scores + gumbel).argmax(-1)
+        # Gumbel-max: argmax(scores + G), G = -log(-log U), U ~ Uniform(0, 1), in place
+        return scores.sub_(torch.rand_like(scores).log_().neg_().log_()).argmax(-1)
+
+    def _logit_bias(self, logits: Tensor, allow_eos: bool) -> Tensor:
+        """(V,) 0, or -inf on the suppressed ids (and EOS when not allowed); built once per setting."""
+        key = (logits.shape[-1], logits.dtype, logits.device, tuple(self.bad_ids), None if allow_eos else self.eos_id)
+        bias = self._biases.get(key)
+        if bias is None:
+            bias = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
+            bias[list(self.bad_ids) + ([] if allow_eos else [self.eos_id])] = float("-inf")
+            if len(self._biases) > 8:
+                self._biases.clear()
+            self._biases[key] = bias
+        return bias
 
     def _hf_generate(self, batch: dict[str, Tensor], prefix: Prompt | None, greedy: bool, score: bool
                      ) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -475,6 +480,54 @@ class PolicyModule(L.LightningModule):
         batch = self._model_kwargs(self.collate_prompts(prompts), prefix)
         out = self.model(**batch, output_hidden_states=True, use_cache=prefix is not None, logits_to_keep=1)
         return self.value_head(out.hidden_states[-1][:, -1]).float().cpu()
+
+
+def _growing_cache(config: Any, prefix: Any, room: int) -> Any:
+    """A key/value cache for :meth:`PolicyModule._decode` that writes into preallocated buffers.
+
+    transformers' ``DynamicCache`` concatenates every layer's keys and values
+    at every step, copying the whole cache each time (quadratic in the answer
+    length); this one keeps ``room`` free slots after what it receives first
+    and returns views. Starts from ``prefix`` (a shared prefix's cache) when
+    given. Models with sliding-window or other special layers keep ``DynamicCache``.
+    """
+    plain = prefix if prefix is not None else DynamicCache(config=config)
+    if not plain.layers or any(type(layer) is not DynamicLayer for layer in plain.layers):
+        return plain
+    cache = Cache(layers=[_GrowingLayer(room) for _ in plain.layers])
+    if prefix is not None:
+        for layer, source in zip(cache.layers, prefix.layers):
+            layer.update(source.keys, source.values)
+    return cache
+
+
+class _GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values are views of buffers with room to grow in place."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room, self.length = room, 0
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        n = key_states.shape[-2]
+        if not self.is_initialized or self.length + n > self._keys.shape[-2]:
+            self._grow(key_states, value_states, self.length + n + self.room)
+        self._keys[:, :, self.length : self.length + n] = key_states
+        self._values[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        self.keys, self.values = self._keys[:, :, : self.length], self._values[:, :, : self.length]
+        return self.keys, self.values
+
+    def _grow(self, key_states: Tensor, value_states: Tensor, capacity: int) -> None:
+        keys = key_states.new_empty(*key_states.shape[:2], capacity, key_states.shape[-1])
+        values = value_states.new_empty(*value_states.shape[:2], capacity, value_states.shape[-1])
+        if self.is_initialized:
+            keys[:, :, : self.length], values[:, :, : self.length] = self.keys, self.values
+        self._keys, self._values = keys, values
+        self.device, self.is_initialized = key_states.device, True
+
+    def get_seq_length(self) -> int:
+        return self.length
 
 
 def _checkpointing(model: nn.Module) -> bool:

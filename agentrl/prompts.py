@@ -20,10 +20,10 @@ from agentrl.envs.base import EnvObs
 class PromptTemplate(ABC):
     """Base template: task text + legal actions + JSON output format."""
 
-    def __init__(self, cot: bool = True, text_state: bool = False, image_first: bool = False) -> None:
+    def __init__(self, cot: bool = True, text_state: bool = False, image_position: str = "first") -> None:
         self.cot = cot
         self.text_state = text_state
-        self.image_first = image_first
+        self.image_position = image_position
 
     @abstractmethod
     def task_text(self, obs: EnvObs) -> str:
@@ -60,12 +60,21 @@ class PromptTemplate(ABC):
     def messages(self, obs: EnvObs) -> list[dict[str, Any]]:
         """Chat messages: one user turn with the prompt and the image (when there is one).
 
-        The image goes after the text unless ``image_first``: prompts of one batch
-        then share their leading text, which the policy runs once (policy.share_prefix).
+        ``image_position``: "first", "after_task" (after :meth:`task_text`, before
+        the state, legal actions and answer format) or "last". The text before the
+        image is what a batch's prompts share, run once by the policy (policy.share_prefix).
         """
-        content: list[dict[str, Any]] = [{"type": "text", "text": self.prompt(obs)}]
-        if obs.image is not None:
-            content.insert(0 if self.image_first else 1, {"type": "image"})
+        text = self.prompt(obs)
+        if obs.image is None:
+            return [{"role": "user", "content": [{"type": "text", "text": text}]}]
+        image = {"type": "image"}
+        task = self.task_text(obs)
+        if self.image_position == "first":
+            content = [image, {"type": "text", "text": text}]
+        elif self.image_position == "after_task" and text.startswith(task) and len(text) > len(task):
+            content = [{"type": "text", "text": task}, image, {"type": "text", "text": text[len(task):]}]
+        else:
+            content = [{"type": "text", "text": text}, image]
         return [{"role": "user", "content": content}]
 
     def answer(self, fields: dict[str, Any]) -> str:

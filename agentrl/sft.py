@@ -77,7 +77,7 @@ def make_template(cfg: Config) -> PromptTemplate:
     default = FAMILY_DEFAULTS.get(getattr(env_cls, "family", "gym_cards"), ("gym_cards", "json"))[0]
     name = default if cfg.prompt.template == "auto" else cfg.prompt.template
     template_cls = resolve("template", "prompt.template", name, TEMPLATES)
-    return template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state, image_first=cfg.prompt.image_first)
+    return template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state, image_position=cfg.prompt.image_position)
 
 
 def expert_examples(cfg: Config, n: int, *, split: str = "train", seed: int | None = None) -> list[Example]:

@@ -13,7 +13,7 @@ def setup(tiny_path):
     """A policy and 4 NumberLine prompts of two lengths (left padding), images after the text."""
     torch.manual_seed(0)
     cfg = load_config("conf/numberline.yaml", ["env.num_envs=4", "rollout.max_new_tokens=12",
-                                               "rollout.temperature=0.7"])
+                                               "rollout.temperature=0.7", "prompt.image_position=last"])
     policy, data = build(cfg)
     obs = data.envs.reset(0)
     prompts = [data.encode(o) for o in obs]
@@ -63,15 +63,23 @@ def test_prefix_is_the_common_text_before_the_image(setup):
     assert policy.split_prefix(prompts[:1])[0] is None and policy.split_prefix(prompts, share=False)[0] is None
 
 
-def test_image_first_prompts_share_too_little_to_split(setup):
+@pytest.mark.parametrize("position", ["first", "after_task", "last"])
+def test_the_prefix_ends_where_the_image_starts(setup, position):
     policy, data, _ = setup
-    data.template.image_first = True
+    data.template.image_position = position
     try:
         prompts = [data.encode(o) for o in data.envs.reset(0)]
     finally:
-        data.template.image_first = False
-    assert prompts[0]["input_ids"][0][:8].tolist().count(policy.model.config.image_token_id) > 0
-    assert policy.split_prefix(prompts)[0] is None
+        data.template.image_position = "last"
+    ids = prompts[0]["input_ids"][0]
+    first_image = int((ids == policy.model.config.image_token_id).int().argmax())
+    prefix = policy.split_prefix(prompts)[0]
+    if position == "first":  # only the chat template's "<|im_start|>user\n" before the image: not worth it
+        assert first_image < 8 and prefix is None
+    else:
+        assert prefix["input_ids"].shape[1] == first_image
+        text = policy.tokenizer.decode(ids[:first_image])
+        assert text.endswith("subtracts one.") if position == "after_task" else text.endswith("}")
 
 
 def test_shared_prefix_and_own_decode_match_transformers_generate(setup):
@@ -145,7 +153,8 @@ def test_pick_draws_from_the_tempered_softmax(setup):
 
 
 def test_checkpointing_and_unverified_families_run_unshared(tiny_path):
-    cfg = load_config("conf/numberline.yaml", ["env.num_envs=2", "model.gradient_checkpointing=true"])
+    cfg = load_config("conf/numberline.yaml", ["env.num_envs=2", "model.gradient_checkpointing=true",
+                                               "prompt.image_position=last"])
     policy, data = build(cfg)
     prompts = data.current_prompts()
     policy.train()
@@ -186,3 +195,16 @@ def test_encode_many_is_encode_one_by_one(setup, tiny_path):
             assert a.keys() == b.keys()
             for k in a:
                 assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def test_growing_cache_layer_is_concatenation():
+    from agentrl.policy import _GrowingLayer
+
+    layer, keys, values = _GrowingLayer(room=3), [], []
+    for n in (5, 1, 1, 4, 1, 1, 1, 1):  # the 4 and the last 1 outgrow the room
+        k, v = torch.randn(2, 3, n, 4), torch.randn(2, 3, n, 4)
+        keys.append(k)
+        values.append(v)
+        got_k, got_v = layer.update(k, v)
+        assert torch.equal(got_k, torch.cat(keys, 2)) and torch.equal(got_v, torch.cat(values, 2))
+        assert layer.get_seq_length() == got_k.shape[2]

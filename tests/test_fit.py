@@ -168,7 +168,8 @@ def test_update_runs_in_train_mode_checkpointed_without_dropout(tiny_path):
     """model.gradient_checkpointing must act in the update (it only does in train mode), and dropout must not:
     PPO's ratio compares against the sampling pass's log-probs."""
     cfg = load_config(ROOT / "conf/numberline.yaml", SMALL + [
-        "model.gradient_checkpointing=true", "model.finetune=lora", "model.lora.dropout=0.5"])
+        "model.gradient_checkpointing=true", "model.finetune=lora", "model.lora.dropout=0.5",
+        "prompt.image_position=last"])
     policy, data = build(cfg)
     policy.eval()
     prompts = data.current_prompts()

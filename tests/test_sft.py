@@ -33,7 +33,7 @@ def test_expert_data_is_the_templates_json(cot):
             assert (answer["current number"], answer["target number"]) == (ex.obs.extra["current"],
                                                                          ex.obs.extra["target"])
         pairs.add((ex.obs.extra["current"], ex.obs.extra["target"]))
-        assert ex.image is not None and ex.messages[0]["content"][-1] == {"type": "image"}  # after the text
+        assert ex.image is not None and ex.messages[0]["content"][0] == {"type": "image"}
     assert len(pairs) >= 15  # explore makes states diverse (30 exist)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,7 +243,9 @@ def ppo_update(fabric: Fabric, policy: PolicyModule, policy_f: Any, optimizer: A
                         f"the last one is intact. Lower ppo.lr, check model.dtype, or resume from the checkpoint."
                     )
             optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
+            with warnings.catch_warnings():  # the schedule counts planned steps, skipped ones too
+                warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+                scheduler.step()
             n_steps += 1
             terms["grad_norm"] = float(grad_norm) * len(mb)
             for k, v in terms.items():

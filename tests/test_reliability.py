@@ -79,7 +79,8 @@ def _cfg(tmp_path, *extra):
     return load_config(ROOT / "conf/numberline.yaml", [*SMALL, f"trainer.out_dir={tmp_path / 'run'}", *extra])
 
 
-def test_nan_gradients_skip_steps_then_stop_without_touching_the_checkpoint(tmp_path, tiny_path, monkeypatch):
+def test_nan_gradients_skip_steps_then_stop_without_touching_the_checkpoint(tmp_path, tiny_path, monkeypatch,
+                                                                          recwarn):
     cfg = _cfg(tmp_path, "trainer.max_updates=3", "trainer.checkpoint_every=1", "trainer.max_bad_steps=2")
     real_backward = torch.Tensor.backward
     calls = {"n": 0}
@@ -96,6 +97,7 @@ def test_nan_gradients_skip_steps_then_stop_without_touching_the_checkpoint(tmp_
     state = checkpoint.load_trainer_state(ckpts / "update_000001")
     assert state["update"] == 1
     assert all(torch.isfinite(t).all() for t in torch.load(ckpts / "update_000001/trainable.pt").values())
+    assert not [w for w in recwarn if "lr_scheduler" in str(w.message)]  # a skipped step is no user error
 
 
 def test_disk_full_keeps_the_previous_checkpoint(tmp_path, tiny_path, monkeypatch):

@@ -65,7 +65,8 @@ def test_resume_continues_the_same_run(tmp_path, tiny_path):
 
 
 @pytest.mark.parametrize("extra", [[], ["model.finetune=lora", "model.lora.r=8", "model.lora.alpha=16",
-                                        "ppo.lr=1e-3"]], ids=["full", "lora"])
+                                        "ppo.lr=1e-3"], ["prompt.image_position=last"]],
+                         ids=["full", "lora", "shared-prefix"])
 def test_cli_fit_end_to_end(tmp_path, tiny_path, extra):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "agentrl.cli", "fit", "-c", str(ROOT / "conf/numberline.yaml"), *SMALL, *extra,
@@ -76,7 +77,7 @@ def test_cli_fit_end_to_end(tmp_path, tiny_path, extra):
     ckpt = out / "checkpoints" / "update_000002"
     for f in ("trainable.pt", "trainer_state.pt", "value_head.pt", "config.yaml", "meta.json"):
         assert (ckpt / f).is_file(), f
-    assert (ckpt / ("adapter" if extra else "model")).is_dir()
+    assert (ckpt / ("adapter" if "model.finetune=lora" in extra else "model")).is_dir()
     assert (out / "checkpoints" / "latest").read_text() == "update_000002"
     assert "thought_coef: 0.5" in (out / "config.yaml").read_text()
     assert json.loads((ckpt / "meta.json").read_text())["git_sha"]

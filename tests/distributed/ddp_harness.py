@@ -27,7 +27,7 @@ def main(out: Path) -> None:
     rank = fabric.global_rank
     cfg = load_config(ROOT / "conf/numberline.yaml", [
         "env.num_envs=4", "rollout.steps_per_update=8", "ppo.minibatch_size=8", "ppo.micro_batch_size=2",
-        "rollout.max_new_tokens=12"])
+        "rollout.max_new_tokens=12", "prompt.image_position=last"])  # the shared-prefix path, under DDP too
     seed_everything(0)
     policy, data = build(cfg)  # same seed on both ranks: identical weights and rollout
     torch.manual_seed(1)
@@ -40,6 +40,7 @@ def main(out: Path) -> None:
 
     # single-process reference: one pass over all 8 samples
     inputs = policy.collate_train(rollout.prompts, rollout.gen_ids, rollout.weights)
+    assert inputs.prefix is not None
     token_logp, values, entropy = policy(inputs)
     terms = ppo.ppo_losses(ppo.weighted_logprob(token_logp, inputs.weights), rollout.logp, full, values,
                            rollout.values, ret, entropy, clip=0.1, value_clip=0.1, vf_coef=0.5, entropy_coef=0.0,

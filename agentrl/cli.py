@@ -64,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-tiny-model", help="build the tiny offline VLM into a directory")
     p.add_argument("out", help="directory to write (a Hugging Face checkpoint)")
+    p.add_argument("--size", choices=("tiny", "2b"), default="tiny",
+                   help="tiny: the CPU model; 2b: a ~1.6B random-weight LLaVA (bf16) for GPU benchmarks")
 
     p = sub.add_parser("alfworld-gen", help="author ALFWorld games offline")
     p.add_argument("--out", required=True, help="output directory")
@@ -99,7 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "make-tiny-model":
         from agentrl.tiny import make_tiny_model
 
-        return make_tiny_model(args.out)
+        return make_tiny_model(args.out, args.size)
     if args.command == "alfworld-gen":
         try:
             from agentrl.envs.alfworld.gen import main as gen_main

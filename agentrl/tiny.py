@@ -62,6 +62,10 @@ class TinySpec:
     text_heads: int = 4
     text_kv_heads: int = 2
     mlp_ratio: int = 4
+    text_intermediate: int | None = None
+    """MLP width of the text model; None: text_hidden * mlp_ratio."""
+    vision_intermediate: int | None = None
+    """MLP width of the vision tower; None: vision_hidden * mlp_ratio."""
     vocab_size: int = 3000
     max_positions: int = 2048
     pixel_mean: float = 1.0
@@ -74,6 +78,19 @@ class TinySpec:
     def num_image_tokens(self) -> int:
         """Image tokens per image in the prompt (CLS dropped)."""
         return (self.image_size // self.patch_size) ** 2
+
+
+SIZES = {
+    "tiny": TinySpec(),
+    # A ~1.6B-parameter LLaVA for GPU throughput and memory checks (random weights, never trained):
+    # CLIP ViT-L/14 at 336 px (576 image tokens) and Qwen2-VL-2B's language-model shapes
+    # (hidden 1536, 28 layers, 12 heads, 2 KV heads, MLP 8960). The vocabulary is the tiny
+    # tokenizer's (~3k, not 151k): the LM head is then ~0.3% of the compute instead of ~15%.
+    "2b": TinySpec(image_size=336, patch_size=14, vision_hidden=1024, vision_layers=24, vision_heads=16,
+                   vision_intermediate=4096, text_hidden=1536, text_layers=28, text_heads=12, text_kv_heads=2,
+                   text_intermediate=8960),
+}
+"""Named specs for ``agentrl make-tiny-model --size``."""
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 3000, max_length: int = 2048):
@@ -102,23 +119,20 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 3000, max_length: i
     )
 
 
-def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = None) -> tuple[Any, Any]:
-    """A seeded random ``LlavaForConditionalGeneration`` (eval mode) and its ``LlavaProcessor``."""
+def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = None,
+             dtype: Any = None) -> tuple[Any, Any]:
+    """A seeded random ``LlavaForConditionalGeneration`` (eval mode) and its ``LlavaProcessor``.
+
+    ``dtype`` (e.g. ``torch.bfloat16``): initialise the weights in it directly (a 2B model
+    then needs half the memory to build).
+    """
     import torch
-    from transformers import (
-        CLIPVisionConfig,
-        GenerationConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import GenerationConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     spec = spec or TinySpec()
-    if spec.image_size % spec.patch_size:
-        raise ValueError(f"image_size {spec.image_size} must be a multiple of patch_size {spec.patch_size}")
     tokenizer = train_tokenizer(corpus, spec.vocab_size, spec.max_positions)
+    config = tiny_config(spec, tokenizer)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     side = {"height": spec.image_size, "width": spec.image_size}
     # The PIL backend directly: the default class wants torchvision and warns without it.
@@ -133,9 +147,30 @@ def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = No
         chat_template=CHAT_TEMPLATE,
         image_token=IMAGE_TOKEN,
     )
+    default_dtype = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            torch.set_default_dtype(dtype or default_dtype)
+            model = LlavaForConditionalGeneration(config).eval()
+        finally:
+            torch.set_default_dtype(default_dtype)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids[BOS_TOKEN], eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN]
+    )
+    return model, processor
+
+
+def tiny_config(spec: TinySpec, tokenizer: Any) -> Any:
+    """The ``LlavaConfig`` of ``spec`` (CLIP vision tower + Llama text model) for ``tokenizer``."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    if spec.image_size % spec.patch_size:
+        raise ValueError(f"image_size {spec.image_size} must be a multiple of patch_size {spec.patch_size}")
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     vision = CLIPVisionConfig(
         hidden_size=spec.vision_hidden,
-        intermediate_size=spec.vision_hidden * spec.mlp_ratio,
+        intermediate_size=spec.vision_intermediate or spec.vision_hidden * spec.mlp_ratio,
         num_hidden_layers=spec.vision_layers,
         num_attention_heads=spec.vision_heads,
         image_size=spec.image_size,
@@ -144,7 +179,7 @@ def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = No
     text = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.text_hidden,
-        intermediate_size=spec.text_hidden * spec.mlp_ratio,
+        intermediate_size=spec.text_intermediate or spec.text_hidden * spec.mlp_ratio,
         num_hidden_layers=spec.text_layers,
         num_attention_heads=spec.text_heads,
         num_key_value_heads=spec.text_kv_heads,
@@ -154,7 +189,7 @@ def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = No
         eos_token_id=ids[EOS_TOKEN],
         tie_word_embeddings=False,
     )
-    config = LlavaConfig(
+    return LlavaConfig(
         vision_config=vision,
         text_config=text,
         image_token_id=ids[IMAGE_TOKEN],
@@ -162,22 +197,15 @@ def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = No
         vision_feature_layer=-1,  # the last CLIP layer: a tiny tower has no layers to spare
         projector_hidden_act="gelu",
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids[BOS_TOKEN], eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN]
-    )
-    return model, processor
 
 
 def build_tiny_vlm(
-    out_dir: str | Path, corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = None
+    out_dir: str | Path, corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = None, dtype: Any = None
 ) -> Path:
     """Build the tiny VLM (see :func:`tiny_vlm`) and ``save_pretrained`` model and processor into ``out_dir``."""
     from transformers.utils import logging as hf_logging
 
-    model, processor = tiny_vlm(corpus, seed=seed, spec=spec)
+    model, processor = tiny_vlm(corpus, seed=seed, spec=spec, dtype=dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bars = hf_logging.is_progress_bar_enabled()
@@ -234,20 +262,26 @@ def tiny_model_path(corpus_fn: Callable[[], Iterable[str]] | None = None) -> Pat
     return final
 
 
-def make_tiny_model(out: str) -> int:
-    """CLI ``agentrl make-tiny-model OUT``: build the default tiny model into OUT."""
+def make_tiny_model(out: str, size: str = "tiny") -> int:
+    """CLI ``agentrl make-tiny-model OUT [--size tiny|2b]``: build a random-weight VLM of a named size into OUT.
+
+    "tiny" is the model tests and the CPU configs use; "2b" (bfloat16 weights, ~3 GB) is
+    for GPU throughput and memory checks, e.g.
+    ``python tools/bench_rollout.py --model-path OUT --device cuda --dtype bfloat16``.
+    """
     import time
 
+    import torch
     from transformers import AutoConfig
 
+    spec = SIZES[size]
     start = time.perf_counter()
-    path = build_tiny_vlm(out, default_corpus())
+    path = build_tiny_vlm(out, default_corpus(), spec=spec, dtype=None if size == "tiny" else torch.bfloat16)
     seconds = time.perf_counter() - start
-    weights = path / "model.safetensors"
-    size_mb = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
+    size_mb = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 1e6
     config = AutoConfig.from_pretrained(path)
     print(
-        f"tiny VLM ({config.model_type}, {size_mb:.1f} MB of weights, "
-        f"{TinySpec().num_image_tokens} image tokens) written to {path} in {seconds:.1f} s"
+        f"{size} VLM ({config.model_type}, {size_mb:.1f} MB of weights, "
+        f"{spec.num_image_tokens} image tokens of {spec.image_size} px) written to {path} in {seconds:.1f} s"
     )
     return 0

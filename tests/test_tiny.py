@@ -131,3 +131,35 @@ def test_make_tiny_model_cli_writes_a_checkpoint(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "m" / "model.safetensors").is_file()
     assert (tmp_path / "m" / "chat_template.jinja").is_file()
     assert str(tmp_path / "m") in capsys.readouterr().out
+
+
+def test_the_2b_size_has_the_shapes_it_names():
+    """Checked on the meta device: no 1.6B weights are built here."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    spec = tiny.SIZES["2b"]
+    config = tiny.tiny_config(spec, tiny.train_tokenizer(CORPUS, spec.vocab_size, spec.max_positions))
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    text, vision = count(model.model.language_model), count(model.model.vision_tower)
+    # Qwen2-VL-2B's language model without its 151k-token embedding: 28 x (attention 5.5M + MLP 41.3M)
+    assert 1.30e9 < text < 1.32e9, text
+    assert 3.0e8 < vision < 3.1e8, vision  # CLIP ViT-L/14-336
+    assert spec.num_image_tokens == 576 and config.text_config.intermediate_size == 8960
+
+
+def test_make_tiny_model_size_builds_that_spec_in_bf16(tmp_path, monkeypatch, capsys):
+    from safetensors import safe_open
+
+    monkeypatch.setattr(tiny, "default_corpus", lambda: CORPUS)
+    small = TinySpec(image_size=56, patch_size=14, text_intermediate=200, vision_intermediate=100)
+    monkeypatch.setitem(tiny.SIZES, "2b", small)  # the real one is ~3 GB
+    assert tiny.make_tiny_model(str(tmp_path / "m"), "2b") == 0
+    with safe_open(tmp_path / "m" / "model.safetensors", "pt") as f:
+        names = list(f.keys())
+        assert {str(f.get_tensor(n).dtype) for n in names} == {"torch.bfloat16"}
+        up = next(n for n in names if "language_model" in n and "up_proj" in n)
+        assert f.get_tensor(up).shape[0] == 200
+    assert "16 image tokens of 56 px" in capsys.readouterr().out

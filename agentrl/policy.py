@@ -6,15 +6,15 @@ image is preprocessed twice and any processor family (LLaVA, Qwen2-VL,
 Idefics3) works: per-token tensors are left-padded, the rest concatenated.
 
 Shared prompt prefix: the prompts of one batch usually start with the same
-tokens (chat template, task rules, output format; the image comes after the
-text by default, see ``prompt.image_position``). For model families where it is
+tokens (chat template, task rules, output format) when the image comes after
+the text (``prompt.image_position`` after_task or last). For model families where it is
 verified (:data:`SHARED_PREFIX_FAMILIES`), that prefix runs ONCE per batch, at
 batch size 1, and every row continues from a copy of its key/value cache:
 in ``generate``, in the teacher-forced ``forward`` of scoring and training
 (gradients of all rows flow back into the one prefix pass) and in ``values``.
 Rows are laid out ``[prefix | left-padded rest | answer]``, with positions
 counted over real tokens only, so every row sees exactly the positions it has
-alone. Results match the unshared path up to float round-off (tests/test_policy.py).
+alone. Results match the unshared path up to float round-off (tests/test_decode.py).
 """
 
 from __future__ import annotations
@@ -249,19 +249,18 @@ class PolicyModule(L.LightningModule):
         full mask and explicit positions that skip the padding.
         """
         kw: dict[str, Any] = {k: v.to(self.device) for k, v in batch.items()}
-        size = 0
+        mask, size = kw["attention_mask"], 0
         if prefix is not None:
-            rows = kw["input_ids"].shape[0]
+            rows = mask.shape[0]
             size = prefix["input_ids"].shape[1]
             kw["cache"] = self._prefix_cache(prefix, rows)
             if for_generate:
                 for key, part in prefix.items():
                     kw[key] = torch.cat([part.to(self.device).expand(rows, -1), kw[key]], dim=1)
                 return kw
-            mask = kw["attention_mask"]
             kw["attention_mask"] = torch.cat([mask.new_ones(rows, size), mask], dim=1)
         if self.own_decode or prefix is not None:  # each row's own positions, left padding skipped
-            kw["position_ids"] = size + (batch["attention_mask"].to(self.device).long().cumsum(-1) - 1).clamp(min=0)
+            kw["position_ids"] = size + (mask.long().cumsum(-1) - 1).clamp(min=0)
         return kw
 
     # ------------------------------------------------------------ acting
@@ -308,7 +307,9 @@ class PolicyModule(L.LightningModule):
         batch 16). Finished rows emit padding, as ``generate`` does.
         """
         kw = self._model_kwargs(batch, prefix)
-        cache = _growing_cache(self.model.config, kw.pop("cache", None), self.max_new_tokens + 1)
+        # room after what the cache gets first: the rows' rest of the prompt too when a shared prefix comes first
+        room = self.max_new_tokens + (batch["input_ids"].shape[1] if prefix is not None else 0)
+        cache = _growing_cache(self.model.config, kw.pop("cache", None), room)
         mask, pos = kw["attention_mask"], kw["position_ids"]
         out = self.model(**kw, cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=score)
         values = self.value_head(out.hidden_states[-1][:, -1]) if score else None

@@ -133,7 +133,6 @@ def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = No
     spec = spec or TinySpec()
     tokenizer = train_tokenizer(corpus, spec.vocab_size, spec.max_positions)
     config = tiny_config(spec, tokenizer)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     side = {"height": spec.image_size, "width": spec.image_size}
     # The PIL backend directly: the default class wants torchvision and warns without it.
     image_processor = CLIPImageProcessorPil(size=side, crop_size=side, do_center_crop=False,
@@ -155,8 +154,9 @@ def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = No
             model = LlavaForConditionalGeneration(config).eval()
         finally:
             torch.set_default_dtype(default_dtype)
+    text = config.text_config
     model.generation_config = GenerationConfig(
-        bos_token_id=ids[BOS_TOKEN], eos_token_id=ids[EOS_TOKEN], pad_token_id=ids[PAD_TOKEN]
+        bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id
     )
     return model, processor
 

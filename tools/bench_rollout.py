@@ -37,13 +37,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import benchlib
 import numpy as np
 import torch
 
@@ -52,9 +51,6 @@ from agentrl.config import load_config
 from agentrl.fit import build
 from agentrl.policy import PolicyModule
 from agentrl.rollout import RolloutDataModule
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # ---------------------------------------------------------------- memory
 
@@ -197,7 +193,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"rollout: {args.env}, {args.steps} env steps, max_new_tokens {args.max_new_tokens} "
@@ -209,40 +204,20 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         table.add_row(r["variant"], str(r["num_envs"]), f"{r['env_steps_per_s']:.1f}", f"{r['tokens_per_s']:.0f}",
                       str(r["tokens"]), f"{r['generate_s']:.2f}", f"{r['score_s']:.2f}", f"{r['wall_s']:.2f}",
                       f"{r['peak_mb']:.0f}", f"{r['speedup']:.2f}x")
-    Console(width=None if sys.stdout.isatty() else 150).print(table)
+    benchlib.print_rich(table)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "conf/numberline.yaml"))
-    p.add_argument("--env", default="numberline")
-    p.add_argument("--model-path", default="tiny")
+    p = benchlib.parser(__doc__)
     p.add_argument("--steps", type=int, default=128, help="env steps per variant (a multiple of every size)")
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64], help="num_envs for agentrl's collect")
-    p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--lengths", choices=("fixed", "free"), default="fixed",
                    help="fixed: every answer is max_new_tokens long (equal work); free: sample EOS freely")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: see TINY_VLM.md's threads trap)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--override", nargs="*", default=[], help="extra dotted config overrides (rollout.top_p=0.9)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    args = parse_args(argv)
-    rows = run(args)
-    if args.json:
-        print(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    else:
-        print_table(rows, args)
-    return rows
+    return benchlib.main(parse_args(argv), run, print_table)
 
 
 if __name__ == "__main__":

@@ -17,20 +17,16 @@ samples/s = rollout samples / wall time of the epoch.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
+import benchlib
 import torch
 from lightning.fabric import Fabric
 
 from agentrl import ppo
 from agentrl.config import load_config
 from agentrl.fit import accumulate_gradients, build
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def epoch(fabric: Fabric, policy: Any, policy_f: Any, data: Any, rollout: Any, cfg: Any, seed: int,
@@ -105,7 +101,6 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"PPO update: {rows[0]['samples']} samples ({rows[0]['gen_tokens']} answer tokens), "
@@ -116,47 +111,28 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         table.add_row(str(r["micro_batch"]), str(r["accumulation"]), f"{r['samples_per_s']:.1f}",
                       f"{r['seconds']:.2f}", f"{r['loss_value']:.6f}", f"{r['grad_rel_err']:.1e}",
                       f"{r['speedup']:.2f}x")
-    Console(width=None if sys.stdout.isatty() else 150).print(table)
+    benchlib.print_rich(table)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "conf/numberline.yaml"))
-    p.add_argument("--env", default="numberline")
-    p.add_argument("--model-path", default="tiny")
+    p = benchlib.parser(__doc__)
     p.add_argument("--samples", type=int, default=64, help="rollout size (env steps)")
     p.add_argument("--num-envs", type=int, default=16)
     p.add_argument("--minibatch", type=int, default=32, help="samples per optimizer step")
     p.add_argument("--micro", type=int, nargs="+", default=[1, 8, 16, 32], help="micro-batch sizes; the first is "
                    "the reference every other is checked against")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
     p.add_argument("--precision", default="32-true", help="Fabric precision (bf16-mixed, ...)")
     p.add_argument("--rtol", type=float, default=None, help="tolerance on loss terms and gradients vs the first "
                    "size [default: 1e-4 at 32-true precision, 5e-2 at 16-bit ones, whose round-off is ~1e-2]")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: see TINY_VLM.md's threads trap)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--override", nargs="*", default=[], help="extra dotted config overrides")
     p.add_argument("--no-sort", action="store_true", help="micro-batches in shuffled order, not sorted by length")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.rtol is None:
+        args.rtol = 1e-4 if args.precision.startswith("32") and args.dtype == "float32" else 5e-2
+    return args
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    args = parse_args(argv)
-    if args.rtol is None:
-        args.rtol = 1e-4 if args.precision.startswith("32") and args.dtype == "float32" else 5e-2
-    rows = run(args)
-    if args.json:
-        print(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    else:
-        print_table(rows, args)
-    return rows
+    return benchlib.main(parse_args(argv), run, print_table)
 
 
 if __name__ == "__main__":

@@ -177,6 +177,25 @@ def encode(policy: PolicyModule, examples: list[Example]) -> list[Encoded]:
     return out
 
 
+def answers(policy: PolicyModule, examples: list[Example], *, greedy: bool = True, batch: int = 24
+            ) -> list[tuple[dict[str, Any], dict[str, Any], str]]:
+    """(expert fields, the policy's fields, its raw text) per example; fields are ``{}`` unless a JSON object.
+
+    For checking what a checkpoint writes on held-out states (digits, thoughts, action).
+    """
+    enc = encode(policy, examples)
+    out = []
+    for lo in range(0, len(enc), batch):
+        gen = policy.generate([e.prompt for e in enc[lo : lo + batch]], greedy=greedy)
+        for ex, text in zip(examples[lo : lo + batch], gen.texts):
+            try:
+                got = json.loads(text)
+            except ValueError:
+                got = None
+            out.append((json.loads(ex.answer), got if isinstance(got, dict) else {}, text))
+    return out
+
+
 def collate(policy: PolicyModule, batch: list[Encoded]) -> tuple[dict[str, Tensor], Tensor]:
     """Model inputs [left-padded prompt | right-padded answer] and labels (B, P + L), -100 off the answer."""
     inputs = policy.collate_train([e.prompt for e in batch], [e.answer_ids for e in batch],

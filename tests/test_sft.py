@@ -156,16 +156,31 @@ def test_tiny_model_reads_the_digits_from_held_out_images(tiny_path):
     held_out = S.expert_examples(cfg, 90, split="eval", seed=1)
     policy.max_new_tokens = 48
     hits = {"current number": 0, "target number": 0, "action": 0}
-    for lo in range(0, len(held_out), 30):
-        batch = held_out[lo:lo + 30]
-        texts = policy.generate([e.prompt for e in S.encode(policy, batch)], greedy=True).texts
-        for ex, text in zip(batch, texts):
-            try:
-                got = json.loads(text)
-            except ValueError:
-                got = {}
-            for key in hits:
-                hits[key] += isinstance(got, dict) and got.get(key) == json.loads(ex.answer)[key]
+    for want, got, _ in S.answers(policy, held_out, batch=30):
+        for key in hits:
+            hits[key] += bool(got) and got.get(key) == want[key]
     acc = {k: v / len(held_out) for k, v in hits.items()}
     print(f"held-out readout {acc}, SFT {cpu_s:.0f} CPU-s")
     assert acc["current number"] >= 0.5 and acc["target number"] >= 0.5, acc
+
+
+def test_answers_pairs_the_expert_fields_with_the_policys(tiny_path, monkeypatch):
+    from agentrl.policy import Generation
+
+    cfg = load_config(NL, [])
+    policy = S.build_policy(cfg)
+    examples = S.expert_examples(cfg, 5)
+    texts = ['{"action": "+"}', "no json", "[1, 2]", '{"current number": 3}', "{"]
+    calls = []
+
+    def generate(prompts, greedy=False):
+        calls.append((len(prompts), greedy))
+        start = sum(n for n, _ in calls[:-1])
+        return Generation(ids=[], texts=texts[start:start + len(prompts)])
+
+    monkeypatch.setattr(policy, "generate", generate)
+    out = S.answers(policy, examples, greedy=False, batch=2)
+    assert calls == [(2, False), (2, False), (1, False)]
+    assert [want for want, _, _ in out] == [json.loads(e.answer) for e in examples]
+    assert [got for _, got, _ in out] == [{"action": "+"}, {}, {}, {"current number": 3}, {}]
+    assert [text for _, _, text in out] == texts

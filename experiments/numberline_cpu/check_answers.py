@@ -32,7 +32,6 @@ def named_move(thoughts: object) -> str | None:
 
 def check(policy, examples, greedy: bool, batch: int = 24) -> dict[str, float]:
     """Share of ``examples`` per key; keys the expert answer lacks (no-CoT: all but json, action) are left out."""
-    enc = S.encode(policy, examples)
     hits: dict[str, int] = {}
     totals: dict[str, int] = {}
 
@@ -40,23 +39,15 @@ def check(policy, examples, greedy: bool, batch: int = 24) -> dict[str, float]:
         hits[key] = hits.get(key, 0) + bool(ok)
         totals[key] = totals.get(key, 0) + 1
 
-    for i in range(0, len(enc), batch):
-        gen = policy.generate([e.prompt for e in enc[i:i + batch]], greedy=greedy)
-        for ex, text in zip(examples[i:i + batch], gen.texts):
-            want = json.loads(ex.answer)
-            try:
-                got = json.loads(text)
-            except ValueError:
-                got = None
-            got = got if isinstance(got, dict) else {}
-            count("json", bool(got))
-            for k in ("current number", "target number", "action"):
-                if k in want:
-                    count(k, got.get(k) == want[k])
-            if "thoughts" in want:
-                move = named_move(got.get("thoughts"))
-                count("thoughts move", move is not None and move == ex.expert_action)
-                count("action = thoughts move", move is not None and move == got.get("action"))
+    for ex, (want, got, _) in zip(examples, S.answers(policy, examples, greedy=greedy, batch=batch)):
+        count("json", bool(got))
+        for k in ("current number", "target number", "action"):
+            if k in want:
+                count(k, got.get(k) == want[k])
+        if "thoughts" in want:
+            move = named_move(got.get("thoughts"))
+            count("thoughts move", move is not None and move == ex.expert_action)
+            count("action = thoughts move", move is not None and move == got.get("action"))
     return {k: hits[k] / totals[k] for k in totals}
 
 

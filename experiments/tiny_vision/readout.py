@@ -22,19 +22,12 @@ from agentrl.tiny import TinySpec, build_tiny_vlm, default_corpus  # noqa: E402
 
 def readout(policy, examples, batch=20):
     """Share of examples whose greedy answer has the right current number, target number, action."""
-    enc = S.encode(policy, examples)
     hits = {"current number": 0, "target number": 0, "action": 0}
-    for i in range(0, len(enc), batch):
-        gen = policy.generate([e.prompt for e in enc[i:i + batch]], greedy=True)
-        for ex, text in zip(examples[i:i + batch], gen.texts):
-            want = json.loads(ex.answer)
-            try:
-                got = json.loads(text)
-            except ValueError:
-                got = {}
-            for k in hits:
-                hits[k] += isinstance(got, dict) and got.get(k) == want.get(k)
-    return {k: v / len(examples) for k, v in hits.items()}, text
+    results = S.answers(policy, examples, batch=batch)
+    for want, got, _ in results:
+        for k in hits:
+            hits[k] += bool(got) and got.get(k) == want.get(k)
+    return {k: v / len(examples) for k, v in hits.items()}, results[-1][2]
 
 
 if __name__ == "__main__":

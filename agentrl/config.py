@@ -242,6 +242,8 @@ class TrainerConfig:
     """Stop the run after this many optimizer steps in a row with NaN/inf gradients (each is skipped)."""
     collective_timeout_s: float = 1800.0
     """Seconds ranks wait for each other after collecting; past it the run stops naming the slow rank."""
+    startup_timeout_s: float = 600.0
+    """Seconds every process has to start and join the process group (importing torch and transformers can take a minute on a loaded machine)."""
     checkpoint_every: int = 10
     """Checkpoint every N updates (and always at the end)."""
     resume: str | None = None
@@ -250,6 +252,12 @@ class TrainerConfig:
     """torch CPU threads; None uses 1 per process when several share the CPU, else torch's default."""
     success_window: int = 200
     """Training success rate is over the last N episodes (the paper's metric)."""
+
+    def __post_init__(self) -> None:
+        for key, value in (("trainer.collective_timeout_s", self.collective_timeout_s),
+                           ("trainer.startup_timeout_s", self.startup_timeout_s)):
+            if value <= 0:
+                raise ConfigError(f"{key} must be > 0 seconds, got {value}")
 
 
 @dataclass

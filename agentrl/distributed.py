@@ -24,8 +24,15 @@ class SlowRankError(RuntimeError):
 
 
 def make_strategy(t: TrainerConfig) -> Any:
-    """The Fabric strategy for ``trainer.strategy``, with the collective timeout applied."""
-    timeout = timedelta(seconds=t.collective_timeout_s)
+    """The Fabric strategy for ``trainer.strategy``.
+
+    Its process-group timeout covers start-up (every process joining) and
+    every collective: ``trainer.startup_timeout_s``, never below
+    ``trainer.collective_timeout_s`` (which the post-rollout :class:`Meeting`
+    enforces on its own). A short collective timeout must not fail a process
+    that is still importing torch.
+    """
+    timeout = timedelta(seconds=max(t.startup_timeout_s, t.collective_timeout_s))
     if t.strategy in ("ddp", "ddp_spawn"):
         from lightning.fabric.strategies import DDPStrategy
 

@@ -7,6 +7,10 @@ Layout of ``<out_dir>/checkpoints/update_000010/``:
   config.yaml       the resolved config
   meta.json         git SHA, command line, time, agentrl version
 ``<out_dir>/checkpoints/latest`` names the newest complete checkpoint.
+
+:func:`save_update` and :func:`resume` are fit's side of it: what a run
+writes after an update (every rank's env and RNG state, gathered) and how it
+continues from that exactly.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import os
 import shutil
 import subprocess
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from agentrl.config import ConfigError
+from agentrl.distributed import gather_objects
 
 FORMAT_VERSION = 2
 """Bumped when the checkpoint layout changes; loading another version fails clearly."""
@@ -167,3 +174,56 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     if version != FORMAT_VERSION:
         raise ConfigError(f"checkpoint {ckpt} has format version {version}; this agentrl reads {FORMAT_VERSION}")
     return state
+
+
+# ---------------------------------------------------------------- a fit run's progress
+
+
+@dataclass
+class RunState:
+    """A fit run's progress besides weights, optimizer and data: what :func:`resume` restores."""
+
+    window: deque[bool]
+    """Success of the last ``trainer.success_window`` training episodes (this rank's)."""
+    counters: dict[str, int] = field(default_factory=lambda: {"env_steps": 0, "episodes": 0})
+    """Totals over all ranks."""
+    update: int = 0
+    """Updates completed."""
+
+
+def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data: Any, run: RunState,
+                config_yaml: str, meta: dict[str, Any]) -> Path | None:
+    """Checkpoint after ``run.update`` updates: every rank's env, sampling and shuffle state, written by rank 0.
+
+    Every rank calls it (it gathers and meets); returns the directory on rank 0, else None.
+    """
+    mine = {"torch_rng": torch.get_rng_state(), "shuffle_rng": learner.shuffle.get_state(),
+            "data": data.state_dict(), "window": list(run.window)}
+    ranks = gather_objects(mine, fabric.world_size)  # env and sampling state of every rank
+    written = None
+    if fabric.is_global_zero:
+        state = {"format_version": FORMAT_VERSION, "update": run.update, "optimizer": learner.optimizer.state_dict(),
+                 "scheduler": learner.scheduler.state_dict(), "counters": dict(run.counters), "ranks": ranks}
+        written = save_checkpoint(ckpt_dir, policy=policy, trainer_state=state, config_yaml=config_yaml, meta=meta)
+    fabric.barrier()
+    return written
+
+
+def resume(fabric: Any, path: str, *, policy: Any, learner: Any, data: Any, run: RunState) -> Path:
+    """Continue the run saved at ``path`` (a checkpoint or run dir): weights, optimizer, schedule, RNGs, envs."""
+    ckpt = resolve_resume(path)
+    load_trainable(policy, ckpt)
+    state = load_trainer_state(ckpt)
+    if len(state["ranks"]) != fabric.world_size:
+        raise ConfigError(f"checkpoint {ckpt} was written by {len(state['ranks'])} processes; resume it with "
+                          f"trainer.devices={len(state['ranks'])}")
+    mine = state["ranks"][fabric.global_rank]
+    learner.optimizer.load_state_dict(state["optimizer"])
+    learner.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(mine["torch_rng"])
+    learner.shuffle.set_state(mine["shuffle_rng"])
+    data.load_state_dict(mine["data"], update=state["update"])
+    run.window.extend(mine["window"])
+    run.counters.update(state["counters"])
+    run.update = state["update"]
+    return ckpt

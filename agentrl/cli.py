@@ -81,12 +81,6 @@ def _parse_value(text: str) -> object:
     return OmegaConf.from_dotlist([f"v={text}"]).v
 
 
-def _not_built(name: str, issue: int) -> int:
-    print(f"agentrl {name}: this command's engine is not built yet (tracked in issue #{issue}); nothing was run.",
-          file=sys.stderr)
-    return 1
-
-
 def _run(args: argparse.Namespace) -> int:
     if args.command == "play":
         from agentrl.play import run_play
@@ -125,7 +119,8 @@ def _run(args: argparse.Namespace) -> int:
 def _fit(cfg, args: argparse.Namespace) -> int:
     from agentrl.checkpoint import CheckpointWriteError
     from agentrl.distributed import SlowRankError
-    from agentrl.fit import NonFiniteError, fit
+    from agentrl.fit import fit
+    from agentrl.learner import NonFiniteError
 
     try:
         fit(cfg, argv=sys.argv)

@@ -35,20 +35,26 @@ from rich.table import Table
 
 from agentrl.checkpoint import load_trainable, resolve_resume
 from agentrl.config import Config, ConfigError
+from agentrl.rollout import EpisodeMemory
 
 
 def run_episodes(policy: Any, envs: Any, template: Any, parser: Any, episodes: int, *, seed: int,
-                 greedy: bool) -> list[dict[str, Any]]:
-    """Play exactly ``episodes`` episodes (the first that start) on ``envs``; one record per episode."""
+                 greedy: bool, history: int = 0) -> list[dict[str, Any]]:
+    """Play exactly ``episodes`` episodes (the first that start) on ``envs``; one record per episode.
+
+    Prompts carry the episode's last ``history`` steps, as in training (``prompt.history``).
+    """
     rng = np.random.default_rng([seed, 0xE7A1])
     obs = envs.reset(seed)
     n = envs.num_envs
+    memory = EpisodeMemory(n, history)
     episode_id = list(range(n))
     next_id, fails = n, [0] * n
     records: dict[int, dict[str, Any]] = {}
     while len(records) < episodes:
         active = [i for i in range(n) if episode_id[i] < episodes]
-        gen = policy.generate([policy.encode(template.messages(obs[i]), obs[i].image) for i in active], greedy=greedy)
+        gen = policy.generate([policy.encode(template.messages(obs[i], memory.history(i)), obs[i].image)
+                               for i in active], greedy=greedy)
         actions = [o.legal_actions[0] for o in obs]  # idle envs: any legal action, never counted
         for i, text in zip(active, gen.texts):
             result = parser.parse(text, obs[i].legal_actions)
@@ -58,6 +64,10 @@ def run_episodes(policy: Any, envs: Any, template: Any, parser: Any, episodes: i
                 actions[i] = obs[i].legal_actions[rng.integers(len(obs[i].legal_actions))]
                 fails[i] += 1
         step = envs.step(actions)
+        for i in range(n):
+            memory.record(i, obs[i], actions[i])
+        for i in np.flatnonzero(step.terminated | step.truncated):
+            memory.clear(i)
         for i, ep in enumerate(step.episodes):
             if ep is None:
                 continue
@@ -109,7 +119,7 @@ def evaluate(cfg: Config, checkpoint: str | None, episodes: int, *, greedy: bool
     t0 = time.perf_counter()
     try:
         records = run_episodes(policy, data.envs, data.template, data.parser, episodes, seed=cfg.seed,
-                               greedy=greedy)
+                               greedy=greedy, history=cfg.prompt.history)
     finally:
         data.envs.close()
     result: dict[str, Any] = {"env": cfg.env.name, "split": "eval", "checkpoint": str(ckpt) if ckpt else None,

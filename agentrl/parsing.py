@@ -8,9 +8,14 @@ and counts the failure.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import Any
+
+from agentrl.config import ConfigError
 
 MAX_TEXT_CHARS = 8192
 """Longer generations are cut before parsing (no scan is ever quadratic in model output)."""
@@ -22,11 +27,17 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 @dataclass(frozen=True)
 class ParseResult:
-    """The parsed action, or None with a short reason (counted in parse/* metrics)."""
+    """The parsed action, or None with a short reason (counted in parse/* metrics), and where it was read."""
 
     action: str | None
     reason: str = ""
-    """"" on success; else no_action_key, no_match or ambiguous."""
+    """"" on success; else no_action_key, no_match, ambiguous or error:<type>."""
+    action_span: tuple[int, int] | None = None
+    """Character span [start, end) in the generated text of the action the parser read: from its
+    ``"action"`` key to the end of its value. The rollout weights the tokens from ``start`` on as the
+    action (METHOD.md) and those before it as chain of thought. Set also when the value matched no
+    legal action (the text chose those tokens; a random legal action ran); None when the text has no
+    action key."""
 
     @property
     def ok(self) -> bool:
@@ -34,11 +45,8 @@ class ParseResult:
 
 
 def action_span_start(text: str) -> int | None:
-    """Character offset where the ``"action":`` key starts in ``text``, or None.
-
-    Everything before it is chain of thought; the key and everything after it
-    is the action span of the log-probability (METHOD.md).
-    """
+    """Character offset of the first ``"action":`` key in ``text``, or None (a plain text search;
+    :meth:`ActionParser.parse` says which key the executed action came from)."""
     m = _ACTION_KEY.search(text)
     return m.start() if m else None
 
@@ -48,23 +56,48 @@ def normalise(s: str) -> str:
     return _WS.sub(" ", s).strip().strip("\"'`").strip().rstrip(".,;").strip().casefold()
 
 
-class JsonActionParser:
-    """JSON first, then the text after ``"action":``, then exact or normalised match to the legal actions."""
+class ActionParser(ABC):
+    """The base of every parser: generated text + the legal actions -> :class:`ParseResult`.
+
+    :meth:`parse` bounds the text and turns any exception into a failed result,
+    so an implementation's :meth:`read` may assume nothing about the model's
+    output but need not guard against it. A parser's constructor takes its
+    options as keywords: ``parser.options`` in the config (:meth:`from_config`).
+    """
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ActionParser:
+        """Build from the ``parser`` config section: ``cls(**cfg.options)``."""
+        options = dict(cfg.options)
+        try:
+            inspect.signature(cls).bind(**options)
+        except TypeError as e:
+            raise ConfigError(f"parser.options {options}: {e} (for {cls.__name__})") from None
+        return cls(**options)
 
     def parse(self, text: str, legal: list[str]) -> ParseResult:
         """Map ``text`` to one of ``legal``; never raises."""
         try:
-            return self._parse(str(text)[:MAX_TEXT_CHARS], legal)
+            return self.read(str(text)[:MAX_TEXT_CHARS], legal)
         except Exception as e:  # a parser bug must cost one sample, not the run
             return ParseResult(None, f"error:{type(e).__name__}")
 
-    def _parse(self, text: str, legal: list[str]) -> ParseResult:
-        value = _json_action(text)
-        if value is None:
-            value = _raw_action_value(text)
-        if value is None:
+    @abstractmethod
+    def read(self, text: str, legal: list[str]) -> ParseResult:
+        """The action ``text`` names among ``legal``, with its span (text already cut to MAX_TEXT_CHARS)."""
+
+
+class JsonActionParser(ActionParser):
+    """JSON first, then the text after ``"action":``, then exact or normalised match to the legal actions."""
+
+    def read(self, text: str, legal: list[str]) -> ParseResult:
+        found = _json_action(text)
+        if found is None:
+            found = _raw_action_value(text)
+        if found is None:
             return ParseResult(None, "no_action_key")
-        return self.match(value, legal)
+        value, span = found
+        return replace(self.match(value, legal), action_span=span)
 
     def match(self, value: str, legal: list[str]) -> ParseResult:
         """Exact match, then normalised match."""
@@ -109,15 +142,19 @@ class AdmissibleCommandParser(JsonActionParser):
         return ParseResult(scored[0][1])
 
 
-def _json_action(text: str) -> str | None:
-    """The "action" value of the first JSON object in ``text`` that has one."""
+def _json_action(text: str) -> tuple[str, tuple[int, int]] | None:
+    """(the "action" value, its span) of the first JSON object in ``text`` that has an "action" key.
+
+    None when there is no such object, or its value is not a string, number or
+    one-element list (then the raw text after the key is read instead).
+    """
     decoder = json.JSONDecoder()
     start = text.find("{")
     tries = 0
     while start != -1 and tries < 8:  # bounded: a few candidate objects, each parsed in linear time
         tries += 1
         try:
-            obj, _ = decoder.raw_decode(text, start)
+            obj, end = decoder.raw_decode(text, start)
         except (ValueError, RecursionError):
             obj = None
         if isinstance(obj, dict) and "action" in obj:
@@ -125,19 +162,62 @@ def _json_action(text: str) -> str | None:
             if isinstance(value, list) and len(value) == 1:
                 value = value[0]
             if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                return str(value)
+                return str(value), _key_span(text, start, end)
             return None
         start = text.find("{", start + 1)
     return None
 
 
-def _raw_action_value(text: str) -> str | None:
-    """The value after the first ``"action":`` in text that is not valid JSON."""
+def _key_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Span of the top-level ``"action": value`` pair of the JSON object ``text[start:end]``.
+
+    One linear scan that tracks strings and nesting; the last "action" key
+    wins, as it does for ``json.loads``.
+    """
+    span = (start, end)
+    depth, i, key_at, in_value = 0, start, None, False
+    while i < end:
+        c = text[i]
+        if c == '"':
+            close = i + 1
+            while text[close] != '"':
+                close += 2 if text[close] == "\\" else 1
+            if depth == 1 and not in_value:
+                after = close + 1
+                while text[after] in " \t\r\n":
+                    after += 1
+                if text[after] == ":" and json.loads(text[i : close + 1]) == "action":
+                    key_at = i
+            i = close + 1
+            continue
+        if c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+        if depth == 1 and c == ":":
+            in_value = True
+        elif (depth == 1 and c == ",") or depth == 0:
+            if key_at is not None and in_value:
+                span = (key_at, i)
+                key_at = None
+            in_value = False
+        i += 1
+    return span
+
+
+def _raw_action_value(text: str) -> tuple[str, tuple[int, int]] | None:
+    """(the value after the first ``"action":``, its span) in text that is not valid JSON."""
     m = _ACTION_KEY.search(text)
     if not m:
         return None
-    rest = text[m.end() : m.end() + 512].lstrip()
+    window = text[m.end() : m.end() + 512]
+    rest = window.lstrip()
+    at = m.end() + len(window) - len(rest)  # the value's first character
     if rest.startswith('"'):
-        end = rest.find('"', 1)
-        return rest[1:end] if end != -1 else rest[1:].split("\n", 1)[0]
-    return re.split(r"[,}\n]", rest, maxsplit=1)[0]
+        close = rest.find('"', 1)
+        if close != -1:
+            return rest[1:close], (m.start(), at + close + 1)
+        value = rest[1:].split("\n", 1)[0]
+        return value, (m.start(), at + 1 + len(value))
+    value = re.split(r"[,}\n]", rest, maxsplit=1)[0]
+    return value, (m.start(), at + len(value))

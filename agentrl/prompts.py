@@ -12,9 +12,13 @@ from __future__ import annotations
 import json
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 from agentrl.envs.base import EnvObs
+
+Step = tuple[str, str]
+"""One earlier step of an episode, as the prompt may show it: (the observation's text state, the action taken)."""
 
 
 class PromptTemplate(ABC):
@@ -24,6 +28,11 @@ class PromptTemplate(ABC):
         self.cot = cot
         self.text_state = text_state
         self.image_position = image_position
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> PromptTemplate:
+        """Build from the ``prompt`` config section."""
+        return cls(cot=cfg.cot, text_state=cfg.text_state, image_position=cfg.image_position)
 
     @abstractmethod
     def task_text(self, obs: EnvObs) -> str:
@@ -37,14 +46,27 @@ class PromptTemplate(ABC):
         """What the "thoughts" value should contain."""
         return "think step by step about which action reaches the goal"
 
-    def prompt(self, obs: EnvObs) -> str:
-        """The user-turn text for ``obs``."""
-        parts = [self.task_text(obs)]
+    def prompt(self, obs: EnvObs, history: Sequence[Step] = ()) -> str:
+        """The user-turn text for ``obs``, after ``history`` (earlier steps of its episode, oldest first)."""
+        parts = [self.task_text(obs), *self.history_text(obs, history)]
         if self.text_state and obs.text:
             parts.append(f"State: {obs.text}")
         parts.append(self.actions_text(obs))
         parts.append("Answer with a JSON object in this format:\n" + self.format_text(obs))
         return "\n".join(parts)
+
+    def history_text(self, obs: EnvObs, history: Sequence[Step]) -> list[str]:
+        """Prompt lines for the earlier steps (none without history).
+
+        A step's state text shows where the prompt shows text state
+        (:meth:`shows_text_state`); otherwise only its action.
+        """
+        if not history:
+            return []
+        show_state = self.shows_text_state(obs)
+        lines = [f"- {state} -> {json.dumps(action, ensure_ascii=False)}" if show_state and state
+                 else f"- {json.dumps(action, ensure_ascii=False)}" for state, action in history]
+        return [f"Your last {len(history)} steps in this episode (state -> action, oldest first):", *lines]
 
     def actions_text(self, obs: EnvObs) -> str:
         return "Legal actions: " + ", ".join(f'"{a}"' for a in obs.legal_actions) + "."
@@ -57,14 +79,18 @@ class PromptTemplate(ABC):
         fields["action"] = "<one legal action>"
         return "{" + ", ".join(f'"{k}": "{v}"' for k, v in fields.items()) + "}"
 
-    def messages(self, obs: EnvObs) -> list[dict[str, Any]]:
+    def shows_text_state(self, obs: EnvObs) -> bool:
+        """Whether the prompt writes the text state (else the image alone shows it)."""
+        return self.text_state or obs.image is None
+
+    def messages(self, obs: EnvObs, history: Sequence[Step] = ()) -> list[dict[str, Any]]:
         """Chat messages: one user turn with the prompt and the image (when there is one).
 
         ``image_position``: "first", "after_task" (after :meth:`task_text`, before
         the state, legal actions and answer format) or "last". The text before the
         image is what a batch's prompts share, run once by the policy (policy.share_prefix).
         """
-        text = self.prompt(obs)
+        text = self.prompt(obs, history)
         if obs.image is None:
             return [{"role": "user", "content": [{"type": "text", "text": text}]}]
         image = {"type": "image"}
@@ -144,15 +170,18 @@ class AlfworldTemplate(PromptTemplate):
             f"Task: {obs.task}\nObservation: {obs.text}"
         )
 
+    def shows_text_state(self, obs: EnvObs) -> bool:
+        return True  # the observation text is always in the prompt
+
     def actions_text(self, obs: EnvObs) -> str:
         return "Admissible actions: " + ", ".join(f'"{a}"' for a in obs.legal_actions) + "."
 
     def thoughts_hint(self, obs: EnvObs) -> str:
         return "think about what to do next to finish the task"
 
-    def prompt(self, obs: EnvObs) -> str:
+    def prompt(self, obs: EnvObs, history: Sequence[Step] = ()) -> str:
         # ALFWorld's observation already is the text state; never write it twice.
-        parts = [self.task_text(obs), self.actions_text(obs)]
+        parts = [self.task_text(obs), *self.history_text(obs, history), self.actions_text(obs)]
         parts.append("Answer with a JSON object in this format:\n" + self.format_text(obs))
         return "\n".join(parts)
 

@@ -13,13 +13,16 @@ TensorBoard tags (also in the README's metrics table):
 from __future__ import annotations
 
 import math
+from collections import deque
 from pathlib import Path
 from typing import Any
 
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agentrl.distributed import reduce_sums
 from agentrl.rollout import Rollout
 
 
@@ -78,6 +81,46 @@ class Reporter:
         for k, v in rows:
             table.add_row(k, v)
         self.console.print(table)
+
+
+def update_metrics(fabric: Any, rollout: Rollout, losses: dict[str, float], window: deque,
+                   t_collect: float, t_update: float, dropped: int = 0) -> dict[str, float]:
+    """The documented TensorBoard scalars: counts summed over ranks, losses and timings averaged."""
+    eps = rollout.episodes
+    s = reduce_sums(fabric, {
+        "episodes": len(eps), "ret": sum(e.ret for e in eps), "len": sum(e.length for e in eps),
+        "win_ok": sum(window), "win_n": len(window), "failures": rollout.parse_failures,
+        "samples": rollout.size, "tokens": rollout.gen_tokens, "reward": float(rollout.rewards.sum()),
+        "dropped": dropped,
+    })
+    nan = float("nan")
+    m = {
+        "charts/success_rate": s["win_ok"] / s["win_n"] if s["win_n"] else nan,
+        "charts/episode_return": s["ret"] / s["episodes"] if s["episodes"] else nan,
+        "charts/episode_length": s["len"] / s["episodes"] if s["episodes"] else nan,
+        "charts/episodes": s["episodes"],
+        "charts/reward_mean": s["reward"] / s["samples"],
+        "parse/failure_rate": s["failures"] / s["samples"],
+        "charts/dropped_episodes": s["dropped"],
+    }
+    local = {
+        "perf/env_steps_per_s": rollout.size / t_collect,
+        "perf/tokens_per_s": rollout.gen_tokens / max(rollout.timings["generate"], 1e-9),
+        "perf/generate_s": rollout.timings["generate"],
+        "perf/env_s": rollout.timings["env"],
+        "perf/score_s": rollout.timings["score"],
+        "perf/update_s": t_update,
+        **{f"losses/{k}": v for k, v in losses.items()},
+    }
+    if fabric.world_size > 1:
+        keys = sorted(local)
+        vals = fabric.all_reduce(torch.tensor([local[k] for k in keys], dtype=torch.float64), reduce_op="mean")
+        local = dict(zip(keys, vals.tolist()))
+        local["perf/env_steps_per_s"] *= fabric.world_size  # throughput of all ranks together
+        local["perf/tokens_per_s"] *= fabric.world_size
+    m.update(local)
+    m["_samples"] = s["samples"]
+    return m
 
 
 def _pct(x: float) -> str:

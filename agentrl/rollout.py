@@ -1,12 +1,15 @@
 """RolloutDataModule: regenerates on-policy data for every PPO update.
 
 Per env step: ONE batched ``generate`` for all envs, which by default also
-gives the old log-probs and values (``rollout.logprobs_from=generate``), parse,
+gives the old log-probs and values (``rollout.logprobs_from=generate``), parse
+(the parser's action span decides which tokens are weighted as the action),
 step the envs. After the last step: values of the observations that bootstrap
 (the last one, and final observations of truncated episodes), and with
 ``logprobs_from=forward`` ONE batched teacher-forced pass (in chunks) for the
 old log-probs and values instead. Episodes run on
-across updates; the data module keeps the envs' current observations.
+across updates; the data module keeps the envs' current observations and,
+per env slot, an :class:`EpisodeMemory` of what the prompt may see of the
+episode's earlier steps (``prompt.history``).
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import torch
 from torch import Tensor
 
 from agentrl import ppo
+from agentrl.batching import Prompt
 from agentrl.envs.base import EnvModule, EnvObs, EpisodeStats
-from agentrl.parsing import JsonActionParser
-from agentrl.policy import PolicyModule, Prompt
-from agentrl.prompts import PromptTemplate
+from agentrl.parsing import ActionParser
+from agentrl.policy import PolicyModule
+from agentrl.prompts import PromptTemplate, Step
 
 
 @dataclass
@@ -75,14 +79,36 @@ class Rollout:
         """(B,) prompt + answer tokens of each sample: what a micro-batch pads to."""
         return torch.tensor([p["input_ids"].shape[-1] + len(g) for p, g in zip(self.prompts, self.gen_ids)])
 
-    def advantages_and_returns(self, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
-        """GAE over the (T, N) grid, flattened back to (B,)."""
-        T, N = self.rewards.shape
-        adv, ret = ppo.gae(
-            self.rewards, self.values.view(T, N), self.next_values, self.terminated,
-            self.terminated | self.truncated, gamma, lam,
-        )
-        return adv.reshape(-1), ret.reshape(-1)
+
+class EpisodeMemory:
+    """What the prompt may see of earlier steps: per env slot, the current episode's last ``keep`` steps.
+
+    A step is (the observation's text state, the action taken). A slot is
+    cleared when its episode ends; ``keep=0`` remembers nothing (the prompt
+    sees the current observation only). Saved with the data module's state, so
+    a resumed run sees the same prompts.
+    """
+
+    def __init__(self, num_envs: int, keep: int) -> None:
+        self.keep = keep
+        self.slots: list[list[Step]] = [[] for _ in range(num_envs)]
+
+    def history(self, slot: int) -> list[Step]:
+        return list(self.slots[slot])
+
+    def record(self, slot: int, obs: EnvObs, action: str) -> None:
+        if self.keep:
+            self.slots[slot] = [*self.slots[slot], (obs.text, action)][-self.keep :]
+
+    def clear(self, slot: int) -> None:
+        self.slots[slot] = []
+
+    def state_dict(self) -> list[list[Step]]:
+        return [list(s) for s in self.slots]
+
+    def load_state_dict(self, state: list[list[Step]] | None) -> None:
+        if state is not None:
+            self.slots = [[tuple(step) for step in s] for s in state]  # type: ignore[misc]
 
 
 class RolloutDataModule:
@@ -99,6 +125,7 @@ class RolloutDataModule:
         kl_coef: float = 0.0,
         log_samples: int = 4,
         logprobs_from: str = "generate",
+        history: int = 0,
     ) -> None:
         self.steps_per_env = steps_per_env
         self.seed = seed
@@ -108,26 +135,44 @@ class RolloutDataModule:
         self.kl_coef = kl_coef
         self.log_samples = log_samples
         self.logprobs_from = logprobs_from  # "generate": old log-probs and values from the sampling pass
+        self.history = history
         self.rng = np.random.default_rng(seed)  # random legal action on a parse failure
         self._obs: list[EnvObs] | None = None
         self._prompts: list[Prompt] | None = None  # encoded self._obs, kept from the last bootstrap
 
+    @classmethod
+    def from_config(cls, cfg: Any, *, rank: int = 0, world_size: int = 1) -> RolloutDataModule:
+        """This rank's data module: its share of ``rollout.steps_per_update``, its own env seeds."""
+        return cls(
+            cfg.steps_per_env(world_size), seed=cfg.seed + 100_003 * rank, cot=cfg.prompt.cot,
+            failure_penalty=cfg.parser.failure_penalty, score_batch_size=cfg.ppo.micro_batch_size,
+            kl_coef=cfg.policy.kl_coef, logprobs_from=cfg.rollout.logprobs_from, history=cfg.prompt.history,
+        )
+
     def connect(self, policy: PolicyModule, envs: EnvModule, template: PromptTemplate,
-                parser: JsonActionParser) -> None:
+                parser: ActionParser) -> None:
         """Late binding: the trainer builds these, the data module drives them."""
         self.policy, self.envs, self.template, self.parser = policy, envs, template, parser
+        self.memory = EpisodeMemory(envs.num_envs, self.history)
 
-    def encode(self, obs: EnvObs) -> Prompt:
-        return self.policy.encode(self.template.messages(obs), obs.image)
+    def encode(self, obs: EnvObs, history: list[Step] | None = None) -> Prompt:
+        return self.policy.encode(self.template.messages(obs, history or ()), obs.image)
 
-    def encode_all(self, obs: list[EnvObs]) -> list[Prompt]:
-        return self.policy.encode_many([(self.template.messages(o), o.image) for o in obs])
+    def encode_all(self, obs: list[EnvObs], slots: list[int] | None = None) -> list[Prompt]:
+        """Prompts of ``obs``, observation k in env slot ``slots[k]`` (default k) with that slot's history."""
+        slots = list(range(len(obs))) if slots is None else slots
+        return self.policy.encode_many([(self.template.messages(o, self.memory.history(i)), o.image)
+                                        for o, i in zip(obs, slots)])
 
     def current_prompts(self) -> list[Prompt]:
         """Prompts of the envs' current observations (resetting them on first use)."""
         if self._obs is None:
-            self._obs = self.envs.reset(self.seed)
+            self._reset()
         return self.encode_all(self._obs)
+
+    def _reset(self) -> None:
+        self._obs = self.envs.reset(self.seed)
+        self.memory = EpisodeMemory(self.envs.num_envs, self.history)
 
     # ------------------------------------------------------------ 1. collect
 
@@ -135,7 +180,7 @@ class RolloutDataModule:
     def collect(self) -> Rollout:
         """Step every env ``steps_per_env`` times with the current policy, then score."""
         if self._obs is None:
-            self._obs = self.envs.reset(self.seed)
+            self._reset()
         T, N = self.steps_per_env, self.envs.num_envs
         prompts, gen_ids, weights, texts = [], [], [], []
         rewards, terminated, truncated = (np.zeros((T, N), np.float32), np.zeros((T, N), bool),
@@ -163,7 +208,9 @@ class RolloutDataModule:
                     actions.append(obs.legal_actions[self.rng.integers(len(obs.legal_actions))])
                     penalties[i] = self.failure_penalty
                     failures += 1
-                weights.append(self.policy.token_weights(gen.ids[i], text, self.cot))
+                # the tokens of the action the parser read are the action; those before it the thoughts
+                start = result.action_span[0] if result.action_span else None
+                weights.append(self.policy.token_weights(gen.ids[i], start, self.cot))
                 if from_generate:
                     gen_logp.append((gen.token_logp[i] * weights[-1]).sum())
             if from_generate:
@@ -175,8 +222,12 @@ class RolloutDataModule:
             t_env += time.perf_counter() - t0
             rewards[t] = step.reward + penalties
             terminated[t], truncated[t] = step.terminated, step.truncated
-            cut = np.flatnonzero(step.truncated & ~step.terminated)
-            final.update(zip(((t, i) for i in cut), self.encode_all([step.final_obs[i] for i in cut])))
+            for i, (obs, action) in enumerate(zip(self._obs, actions)):
+                self.memory.record(i, obs, action)
+            cut = np.flatnonzero(step.truncated & ~step.terminated).tolist()
+            final.update(zip(((t, i) for i in cut), self.encode_all([step.final_obs[i] for i in cut], cut)))
+            for i in np.flatnonzero(step.terminated | step.truncated):
+                self.memory.clear(i)
             episodes += [e for e in step.episodes if e is not None]
             prompts += step_prompts
             gen_ids += gen.ids
@@ -254,7 +305,8 @@ class RolloutDataModule:
     def state_dict(self) -> dict[str, Any]:
         env_state = self.envs.state_dict()
         return {"obs": self._obs if env_state is not None else None, "env": env_state,
-                "rng": self.rng.bit_generator.state}
+                "rng": self.rng.bit_generator.state,
+                "memory": self.memory.state_dict() if env_state is not None else None}
 
     def load_state_dict(self, state: dict[str, Any], update: int) -> None:
         """Continue where the checkpoint stopped; envs that cannot save state restart on fresh seeds."""
@@ -262,6 +314,7 @@ class RolloutDataModule:
         if state["env"] is not None:
             self.envs.load_state_dict(state["env"])
             self._obs = state["obs"]
+            self.memory.load_state_dict(state.get("memory"))
         else:
             self.seed += 1_000_003 * update
         self._prompts = None

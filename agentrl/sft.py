@@ -41,12 +41,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
+from agentrl.batching import Prompt
 from agentrl.checkpoint import run_meta, save_checkpoint
 from agentrl.config import Config, ConfigError, to_yaml
 from agentrl.envs.base import EnvObs
-from agentrl.policy import PolicyModule, Prompt
+from agentrl.policy import PolicyModule
 from agentrl.prompts import PromptTemplate
-from agentrl.registry import ENVS, FAMILY_DEFAULTS, TEMPLATES, resolve
+from agentrl.registry import Components
+from agentrl.rollout import EpisodeMemory
 
 IGNORE = -100
 """Label of a token the loss skips (prompt and padding)."""
@@ -73,35 +75,41 @@ class Example:
 
 def make_template(cfg: Config) -> PromptTemplate:
     """The prompt template the config names ("auto": the env family's own)."""
-    env_cls = resolve("env", "env.name", cfg.env.name, ENVS)
-    default = FAMILY_DEFAULTS.get(getattr(env_cls, "family", "gym_cards"), ("gym_cards", "json"))[0]
-    name = default if cfg.prompt.template == "auto" else cfg.prompt.template
-    template_cls = resolve("template", "prompt.template", name, TEMPLATES)
-    return template_cls(cot=cfg.prompt.cot, text_state=cfg.prompt.text_state, image_position=cfg.prompt.image_position)
+    return Components.resolve(cfg).make_template(cfg)
 
 
 def expert_examples(cfg: Config, n: int, *, split: str = "train", seed: int | None = None) -> list[Example]:
-    """``n`` expert-labelled states of ``split`` (see the module docstring for explore and noise)."""
-    env_cls = resolve("env", "env.name", cfg.env.name, ENVS)
-    template = make_template(cfg)
+    """``n`` expert-labelled states of ``split`` (see the module docstring for explore and noise).
+
+    Prompts carry the episode's last ``prompt.history`` steps, as in rollouts.
+    """
+    parts = Components.resolve(cfg)
+    template = parts.make_template(cfg)
     seed = cfg.seed if seed is None else seed
     rng = np.random.default_rng([seed, 0x5F7])
-    envs = env_cls(cfg.env, split=split)
+    envs = parts.make_env(cfg, split)
+    memory = EpisodeMemory(envs.num_envs, cfg.prompt.history)
     out: list[Example] = []
     try:
         obs = envs.reset(seed)
         while len(out) < n:
             actions = []
-            for o, fields in zip(obs, envs.expert_fields()):
+            for i, (o, fields) in enumerate(zip(obs, envs.expert_fields())):
                 fields = dict(fields)
                 expert = str(fields["action"])
                 others = [a for a in o.legal_actions if a != expert]
                 if others and rng.random() < cfg.sft.noise:
                     fields["action"] = others[rng.integers(len(others))]
-                out.append(Example(template.messages(o), o.image, template.answer(fields), o, expert))
+                out.append(Example(template.messages(o, memory.history(i)), o.image, template.answer(fields), o,
+                                   expert))
                 explore = rng.random() < cfg.sft.explore
                 actions.append(o.legal_actions[rng.integers(len(o.legal_actions))] if explore else expert)
-            obs = envs.step(actions).obs
+            step = envs.step(actions)
+            for i, (o, action) in enumerate(zip(obs, actions)):
+                memory.record(i, o, action)
+            for i in np.flatnonzero(step.terminated | step.truncated):
+                memory.clear(i)
+            obs = step.obs
     finally:
         envs.close()
     return out[:n]
@@ -172,7 +180,7 @@ def encode(policy: PolicyModule, examples: list[Example]) -> list[Encoded]:
     tok = policy.tokenizer
     out = []
     for ex in examples:
-        ids = tok(ex.answer, add_special_tokens=False).input_ids + [policy.eos_id]
+        ids = tok(ex.answer, add_special_tokens=False).input_ids + [policy.sampler.eos_id]
         out.append(Encoded(policy.encode(ex.messages, ex.image), torch.tensor(ids, dtype=torch.long)))
     return out
 
@@ -236,7 +244,7 @@ def param_groups(model: torch.nn.Module, lr: float, vision_lr: float | None) -> 
 
 def build_policy(cfg: Config) -> PolicyModule:
     """Model with the configured fine-tuning, wrapped as a PolicyModule (value head frozen: not trained here)."""
-    policy = PolicyModule.from_config(cfg)
+    policy = Components.resolve(cfg).make_policy(cfg)
     policy.value_head.requires_grad_(False)
     return policy
 

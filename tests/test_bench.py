@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from agentrl.config import load_config
@@ -19,7 +20,12 @@ def test_bench_rollout_smoke(tiny_path, capsys):
     rows = bench_rollout.main(["--steps", "4", "--sizes", "1", "4", "--max-new-tokens", "6"])
     assert [(r["variant"], r["num_envs"]) for r in rows] == [("reference", 1), ("agentrl", 1), ("agentrl", 4)]
     assert all(r["tokens"] == 4 * 6 for r in rows)  # fixed lengths: every variant generates the same tokens
-    assert rows[0]["speedup"] == 1.0 and all(r["speedup"] > 0 and r["peak_mb"] > 0 for r in rows)
+    ref = rows[0]["steps"] / rows[0]["wall_s"]
+    for r in rows:  # each speedup is that row's measured throughput over the reference's, from the same run
+        assert r["speedup"] == pytest.approx(r["steps"] / r["wall_s"] / ref, rel=1e-12)
+        assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["wall_s"], rel=1e-12)
+        assert r["generate_s"] > 0 and r["generate_s"] + r["score_s"] <= r["wall_s"] and r["peak_mb"] > 0
+    assert rows[0]["speedup"] == 1.0
     assert "speedup" in capsys.readouterr().out
 
 
@@ -45,7 +51,7 @@ def test_logprobs_from_generate_match_a_scoring_forward(tiny_path):
     def lengths(tok):
         return {int((g == tok).nonzero()[0]) if (g == tok).any() else len(g) for g in first.gen_ids}
 
-    policy.eos_id = max(torch.cat(first.gen_ids).unique().tolist(), key=lambda t: len(lengths(t)))
+    policy.sampler.eos_id = max(torch.cat(first.gen_ids).unique().tolist(), key=lambda t: len(lengths(t)))
     data._obs = None  # replay the same states
     rollout = data.collect()
     assert len({len(g) for g in rollout.gen_ids}) > 1  # answers of different lengths: padding exercised

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from agentrl.batching import MIN_SHARED_PREFIX
 from agentrl.config import load_config
 from agentrl.fit import build
-from agentrl.policy import MIN_SHARED_PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,8 @@ def setup(tiny_path):
 
 def run_paths(policy, prompts, own: bool, share: bool, seed: int = 0):
     """Greedy generate, then a teacher-forced forward + backward and values(), on one path."""
-    policy.own_decode, policy.share_prefix = own, share
+    policy.decoder.own_loop = policy.batcher.verified = own
+    policy.batcher.share = share
     try:
         gen = policy.generate(prompts, greedy=True, score=True)
         train = policy.collate_train(prompts, gen.ids, [torch.full((len(g),), 0.5) for g in gen.ids])
@@ -38,13 +39,13 @@ def run_paths(policy, prompts, own: bool, share: bool, seed: int = 0):
         grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
         return gen, token_logp.detach(), values.detach(), grads, policy.values(prompts)
     finally:
-        policy.own_decode = policy.share_prefix = True
+        policy.decoder.own_loop = policy.batcher.verified = policy.batcher.share = True
         policy.zero_grad(set_to_none=True)
 
 
 def test_prefix_is_the_common_text_before_the_image(setup):
     policy, data, prompts = setup
-    prefix, rest = policy.split_prefix(prompts)
+    prefix, rest = policy.batcher.split_prefix(prompts)
     size = prefix["input_ids"].shape[1]
     assert size >= MIN_SHARED_PREFIX
     ids = [p["input_ids"][0] for p in prompts]
@@ -55,12 +56,12 @@ def test_prefix_is_the_common_text_before_the_image(setup):
         assert torch.equal(r["pixel_values"], p["pixel_values"])
     # same text everywhere: the prefix runs up to the first image token, never into it
     same = [data.encode(o) for o in data.envs.reset(0)]
-    prefix, _ = policy.split_prefix(same)
+    prefix, _ = policy.batcher.split_prefix(same)
     image_id = policy.model.config.image_token_id
     first_image = int((same[0]["input_ids"][0] == image_id).int().argmax())
     assert prefix["input_ids"].shape[1] == first_image
     # one prompt, or sharing switched off: nothing to share
-    assert policy.split_prefix(prompts[:1])[0] is None and policy.split_prefix(prompts, share=False)[0] is None
+    assert policy.batcher.split_prefix(prompts[:1])[0] is None and policy.batcher.split_prefix(prompts, share=False)[0] is None
 
 
 @pytest.mark.parametrize("position", ["first", "after_task", "last"])
@@ -73,7 +74,7 @@ def test_the_prefix_ends_where_the_image_starts(setup, position):
         data.template.image_position = "last"
     ids = prompts[0]["input_ids"][0]
     first_image = int((ids == policy.model.config.image_token_id).int().argmax())
-    prefix = policy.split_prefix(prompts)[0]
+    prefix = policy.batcher.split_prefix(prompts)[0]
     if position == "first":  # only the chat template's "<|im_start|>user\n" before the image: not worth it
         assert first_image < 8 and prefix is None
     else:
@@ -122,7 +123,7 @@ def test_sampled_answers_score_the_same_under_a_forward(setup):
 def test_the_image_still_reaches_every_row_after_the_prefix(setup):
     policy, data, _ = setup
     same = [data.encode(o) for o in data.envs.reset(0)]
-    assert policy.split_prefix(same)[0] is not None
+    assert policy.batcher.split_prefix(same)[0] is not None
     blank = dict(same[0], pixel_values=torch.zeros_like(same[0]["pixel_values"]))
     values = policy.values([same[0], blank, same[0]])
     assert values[0] == pytest.approx(float(values[2]), abs=1e-6) and abs(float(values[0] - values[1])) > 1e-7
@@ -130,26 +131,27 @@ def test_the_image_still_reaches_every_row_after_the_prefix(setup):
 
 def test_pick_draws_from_the_tempered_softmax(setup):
     policy = setup[0]
-    old = policy.temperature, policy.top_p, policy.bad_ids
+    sampler = policy.sampler
+    old = sampler.temperature, sampler.top_p, sampler.bad_ids
     try:
-        policy.temperature, policy.top_p, policy.bad_ids = 0.5, 1.0, [3]
+        sampler.temperature, sampler.top_p, sampler.bad_ids = 0.5, 1.0, [3]
         logits = torch.tensor([[0.0, 0.5, -0.3, 2.0, 0.2]]).repeat(200_000, 1)
         torch.manual_seed(0)
-        freq = torch.bincount(policy.pick(logits), minlength=5).float() / len(logits)
+        freq = torch.bincount(sampler.pick(logits), minlength=5).float() / len(logits)
         expect = torch.softmax(logits[0].index_fill(0, torch.tensor([3]), float("-inf")) / 0.5, -1)
         assert freq[3] == 0  # suppressed
         torch.testing.assert_close(freq, expect, atol=4e-3, rtol=0)  # binomial sd <= 1.2e-3
         # nucleus: keep the most likely tokens until their mass reaches top_p
-        policy.top_p = 0.6
-        freq = torch.bincount(policy.pick(logits), minlength=5).float() / len(logits)
+        sampler.top_p = 0.6
+        freq = torch.bincount(sampler.pick(logits), minlength=5).float() / len(logits)
         kept = expect.clone()  # expect ~ [0.174, 0.472, 0.095, 0, 0.259]: tokens 1 then 4 reach 0.6
         kept[[0, 2]] = 0
         torch.testing.assert_close(freq, kept / kept.sum(), atol=4e-3, rtol=0)
-        assert (policy.pick(logits[:5], greedy=True) == 1).all()
-        eos = policy.eos_id
-        assert not (policy.pick(torch.zeros(1000, max(eos + 1, 5)), allow_eos=False) == eos).any()
+        assert (sampler.pick(logits[:5], greedy=True) == 1).all()
+        eos = sampler.eos_id
+        assert not (sampler.pick(torch.zeros(1000, max(eos + 1, 5)), allow_eos=False) == eos).any()
     finally:
-        policy.temperature, policy.top_p, policy.bad_ids = old
+        sampler.temperature, sampler.top_p, sampler.bad_ids = old
 
 
 def test_checkpointing_and_unverified_families_run_unshared(tiny_path):
@@ -158,17 +160,17 @@ def test_checkpointing_and_unverified_families_run_unshared(tiny_path):
     policy, data = build(cfg)
     prompts = data.current_prompts()
     policy.train()
-    assert policy.own_decode and policy.split_prefix(prompts)[0] is None  # checkpointing drops the cache
+    assert policy.decoder.own_loop and policy.batcher.split_prefix(prompts)[0] is None  # checkpointing drops the cache
     with torch.no_grad():  # ... only where there is a backward to replay the layers for
-        assert policy.split_prefix(prompts)[0] is not None
+        assert policy.batcher.split_prefix(prompts)[0] is not None
     policy.eval()
-    assert policy.split_prefix(prompts)[0] is not None
+    assert policy.batcher.split_prefix(prompts)[0] is not None
     policy.model.config.model_type = "qwen2_vl"  # what from_config sees for a family not verified here
     try:
         from agentrl.policy import PolicyModule
 
         other = PolicyModule(policy.model, policy.processor, thought_coef=0.5, value_hidden=[8], temperature=1.0)
-        assert not other.own_decode and not other.share_prefix
+        assert not other.decoder.own_loop and not other.batcher.share
     finally:
         policy.model.config.model_type = "llava"
     data.envs.close()
@@ -198,9 +200,9 @@ def test_encode_many_is_encode_one_by_one(setup, tiny_path):
 
 
 def test_growing_cache_layer_is_concatenation():
-    from agentrl.policy import _GrowingLayer
+    from agentrl.decoding import GrowingLayer
 
-    layer, keys, values = _GrowingLayer(room=3), [], []
+    layer, keys, values = GrowingLayer(room=3), [], []
     for n in (5, 1, 1, 4, 1, 1, 1, 1):  # the 4 and the last 1 outgrow the room
         k, v = torch.randn(2, 3, n, 4), torch.randn(2, 3, n, 4)
         keys.append(k)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from agentrl.config import load_config
+from agentrl.decoding import Generation
 from agentrl.envs.base import EnvObs, EnvStep, EpisodeStats
 from agentrl.envs.gym_cards.module import env_seed
 from agentrl.evaluate import run_episodes, summarize
 from agentrl.parsing import JsonActionParser
-from agentrl.policy import Generation
 from agentrl.prompts import GymCardsTemplate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,10 @@ import torch
 from lightning.fabric import Fabric, seed_everything
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from agentrl.advantage import GAE
 from agentrl.config import load_config
-from agentrl.fit import accumulate_gradients, build, fit, whiten_global
+from agentrl.fit import build, fit
+from agentrl.learner import accumulate_gradients, whiten_global
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["env.num_envs=4", "rollout.steps_per_update=8", "ppo.minibatch_size=8", "ppo.micro_batch_size=4",
@@ -23,7 +25,7 @@ def test_micro_batch_1x8_equals_8x1(tiny_path):
     seed_everything(0)
     policy, data = build(cfg)
     rollout = data.collect()
-    adv, ret = rollout.advantages_and_returns(0.9, 0.95)
+    adv, ret = GAE(0.9, 0.95)(rollout)
     fabric = Fabric(accelerator="cpu", devices=1)
     rollout.advantages, rollout.returns = whiten_global(fabric, adv), ret
     policy_f = fabric.setup_module(policy)
@@ -174,7 +176,7 @@ def test_update_runs_in_train_mode_checkpointed_without_dropout(tiny_path):
     policy, data = build(cfg)
     policy.eval()
     prompts = data.current_prompts()
-    assert policy.split_prefix(prompts)[0] is not None  # rollouts (eval mode) still share the prefix
+    assert policy.batcher.split_prefix(prompts)[0] is not None  # rollouts (eval mode) still share the prefix
     gen = policy.generate(prompts, score=True)
     layer = next(m for m in policy.modules() if type(m).__name__.endswith("DecoderLayer"))
     calls, mlp_forward = [], layer.mlp.forward
@@ -206,18 +208,18 @@ def test_fit_collects_in_eval_mode_and_updates_in_train_mode(tmp_path, tiny_path
     from agentrl.rollout import RolloutDataModule
 
     seen = []
-    collect, update = RolloutDataModule.collect, F.ppo_update
+    collect, update = RolloutDataModule.collect, F.Learner.update
 
     def spy_collect(self):
         seen.append(("collect", self.policy.model.training))
         return collect(self)
 
-    def spy_update(fabric, policy, *args, **kwargs):
-        seen.append(("update", policy.model.training))
-        return update(fabric, policy, *args, **kwargs)
+    def spy_update(self, *args, **kwargs):
+        seen.append(("update", self.policy.model.training))
+        return update(self, *args, **kwargs)
 
     monkeypatch.setattr(RolloutDataModule, "collect", spy_collect)
-    monkeypatch.setattr(F, "ppo_update", spy_update)
+    monkeypatch.setattr(F.Learner, "update", spy_update)
     fit(load_config(ROOT / "conf/numberline.yaml", [*SMALL, "trainer.max_updates=2", "trainer.image_log_every=0",
                                                     f"trainer.out_dir={tmp_path}"]))
     assert seen == [("collect", False), ("update", True)] * 2

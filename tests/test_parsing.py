@@ -73,3 +73,41 @@ def test_action_span_start_and_normalise():
     assert text[action_span_start(text):].startswith('"action" :')
     assert action_span_start('{"thoughts": "x"}') is None
     assert normalise('  "Go  To X 1." ') == "go to x 1"
+
+
+@pytest.mark.parametrize(
+    "text, action, pair",
+    [
+        ('{"thoughts": "go up", "action": "+"}', "+", '"action": "+"'),
+        # the thoughts mention the key: the executed action is the object's own key
+        ('{"thoughts": "the \\"action\\": + is best", "action": "-"}', "-", '"action": "-"'),
+        # prose with a key before the JSON object the parser reads
+        ('I think "action": maybe. {"thoughts": "..", "action": "+"} ok', "+", '"action": "+"'),
+        ('{"a": {"action": "x"}, "action" : "-", "b": 1}', "-", '"action" : "-"'),  # nested key ignored
+        ('{"action": "+", "action": "-"}', "-", '"action": "-"'),  # the last duplicate wins, as in json.loads
+        ('{"action": "+", ', "+", '"action": "+"'),  # truncated JSON: the raw text after the key
+        ('{"thoughts": "a", "action": + }', "+", '"action": + '),
+        ('{"action": "jump"}', None, '"action": "jump"'),  # read but no legal match: the text chose it
+    ],
+)
+def test_parse_result_span_is_the_executed_action(text, action, pair):
+    result = JsonActionParser().parse(text, NL)
+    assert result.action == action
+    start, end = result.action_span
+    assert text[start:end] == pair
+
+
+def test_no_action_key_has_no_span():
+    assert JsonActionParser().parse('{"thoughts": "x"}', NL).action_span is None
+
+
+def test_parser_options_come_from_config():
+    from agentrl.config import ConfigError, load_config
+
+    cfg = load_config(None, ["parser.options={min_overlap: 0.9}"])
+    parser = AdmissibleCommandParser.from_config(cfg.parser)
+    assert parser.min_overlap == 0.9
+    legal = ["go to countertop 1", "go to cabinet 2"]
+    assert parser.parse('{"action": "go to the countertop 1"}', legal).action is None  # 0.8 overlap < 0.9
+    with pytest.raises(ConfigError, match="parser.options.*min_overlapp"):
+        AdmissibleCommandParser.from_config(load_config(None, ["parser.options={min_overlapp: 0.9}"]).parser)

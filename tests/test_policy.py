@@ -4,7 +4,14 @@ import torch
 
 from agentrl.config import load_config
 from agentrl.fit import build
-from agentrl.policy import action_token_start
+from agentrl.parsing import JsonActionParser
+from agentrl.policy import char_to_token
+
+
+def action_token_start(tokenizer, ids, text):
+    """The token where the parser's action span starts (None: no span)."""
+    span = JsonActionParser().parse(text, ["+", "-"]).action_span
+    return None if span is None else char_to_token(tokenizer, ids, span[0])
 
 
 class PieceTokenizer:
@@ -47,13 +54,14 @@ def test_weights_with_real_byte_level_tokenizer_and_unicode(tiny_path):
                  '{"current number": 3, "thoughts":"x","action":"-"}']:
         ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         decoded = tok.decode(ids, skip_special_tokens=True)
-        w = policy.token_weights(torch.tensor(ids), decoded, cot=True)
+        start_char = JsonActionParser().parse(decoded, ["+", "-"]).action_span[0]
+        w = policy.token_weights(torch.tensor(ids), start_char, cot=True)
         start = int((w == 1.0).nonzero()[0])
         # every token before the span decodes to text strictly before '"action"', the span covers it
         before = tok.decode(ids[:start], skip_special_tokens=True)
         assert '"action"' not in before and '"action"' in tok.decode(ids[start:], skip_special_tokens=True)
         assert torch.all(w[:start] == 0.3) and torch.all(w[start:] == 1.0)
-        assert torch.all(policy.token_weights(torch.tensor(ids), decoded, cot=False) == 1.0)
+        assert torch.all(policy.token_weights(torch.tensor(ids), start_char, cot=False) == 1.0)
     data.envs.close()
 
 
@@ -68,9 +76,9 @@ def test_teacher_forced_logprobs_match_generate(tiny_path):
     data.template.text_state = True  # longer prompts for two envs: forces left padding
     prompts[1], prompts[3] = data.encode(obs[1]), data.encode(obs[3])
     assert len({p["input_ids"].shape[1] for p in prompts}) == 2
-    inputs = policy.collate_prompts(prompts)
+    inputs = policy.batcher.collate(prompts)
     out = policy.model.generate(**inputs, do_sample=True, temperature=0.7, top_k=0, max_new_tokens=12,
-                                pad_token_id=policy.pad_id, output_logits=True, return_dict_in_generate=True)
+                                pad_token_id=policy.batcher.pad_id, output_logits=True, return_dict_in_generate=True)
     gen = out.sequences[:, inputs["input_ids"].shape[1]:]
     expected = torch.log_softmax(torch.stack(out.logits, 1).float() / 0.7, -1).gather(-1, gen[..., None])[..., 0]
     train = policy.collate_train(prompts, list(gen), [torch.ones(gen.shape[1])] * 4)

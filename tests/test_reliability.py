@@ -16,7 +16,8 @@ import torch
 
 from agentrl import checkpoint
 from agentrl.config import load_config
-from agentrl.fit import NonFiniteError, fit
+from agentrl.fit import fit
+from agentrl.learner import NonFiniteError
 from agentrl.parsing import AdmissibleCommandParser, JsonActionParser
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -81,7 +81,7 @@ def test_loss_only_on_answer_tokens(tiny_path):
         assert (labels[row, :prompt_width] == S.IGNORE).all()  # every prompt token (and its padding)
         assert torch.equal(labels[row, prompt_width:prompt_width + n], ex.answer_ids)
         assert (labels[row, prompt_width + n:] == S.IGNORE).all()  # answer padding
-        assert ex.answer_ids[-1] == policy.eos_id
+        assert ex.answer_ids[-1] == policy.sampler.eos_id
     loss, _ = S.sft_loss(policy.model, inputs, labels)
     reference = policy.model(**inputs, labels=labels, use_cache=False).loss  # HF's own shift and mask
     torch.testing.assert_close(loss, reference)
@@ -154,7 +154,7 @@ def test_tiny_model_reads_the_digits_from_held_out_images(tiny_path):
     cpu_s = time.process_time() - t0
 
     held_out = S.expert_examples(cfg, 90, split="eval", seed=1)
-    policy.max_new_tokens = 48
+    policy.decoder.max_new_tokens = 48
     hits = {"current number": 0, "target number": 0, "action": 0}
     for want, got, _ in S.answers(policy, held_out, batch=30):
         for key in hits:
@@ -165,7 +165,7 @@ def test_tiny_model_reads_the_digits_from_held_out_images(tiny_path):
 
 
 def test_answers_pairs_the_expert_fields_with_the_policys(tiny_path, monkeypatch):
-    from agentrl.policy import Generation
+    from agentrl.decoding import Generation
 
     cfg = load_config(NL, [])
     policy = S.build_policy(cfg)

@@ -89,7 +89,7 @@ def sync(device: torch.device) -> None:
 @torch.no_grad()
 def reference_loop(policy: PolicyModule, data: RolloutDataModule, steps: int, seed: int) -> dict[str, Any]:
     """One env, per step: batch-1 generate, then a second batch-1 forward for log-prob and value."""
-    envs, template, parser = data.envs, data.template, data.parser
+    envs, template, parser, sampler = data.envs, data.template, data.parser, policy.sampler
     assert envs.num_envs == 1, "the reference runs one env per process"
     rng = np.random.default_rng(seed)
     obs = envs.reset(seed)
@@ -100,22 +100,23 @@ def reference_loop(policy: PolicyModule, data: RolloutDataModule, steps: int, se
         t0 = time.perf_counter()
         inputs = {k: v.to(policy.device) for k, v in prompt.items()}
         out = policy.model.generate(
-            **inputs, do_sample=True, temperature=policy.temperature, top_p=policy.top_p, top_k=0,
-            max_new_tokens=policy.max_new_tokens, min_new_tokens=policy.min_new_tokens or None,
-            suppress_tokens=policy.bad_ids or None, pad_token_id=policy.pad_id, eos_token_id=policy.eos_id)
+            **inputs, do_sample=True, temperature=sampler.temperature, top_p=sampler.top_p, top_k=0,
+            max_new_tokens=policy.decoder.max_new_tokens, min_new_tokens=sampler.min_new_tokens or None,
+            suppress_tokens=sampler.bad_ids or None, pad_token_id=policy.batcher.pad_id, eos_token_id=sampler.eos_id)
         ids = out[0, inputs["input_ids"].shape[1]:].cpu()
-        if (ids == policy.eos_id).any():
-            ids = ids[: int((ids == policy.eos_id).int().argmax()) + 1]
+        if (ids == sampler.eos_id).any():
+            ids = ids[: int((ids == sampler.eos_id).int().argmax()) + 1]
         text = policy.tokenizer.decode(ids, skip_special_tokens=True)
         sync(policy.device)
         t1 = time.perf_counter()
-        weights = [policy.token_weights(ids, text, data.cot)]
+        result = parser.parse(text, obs[0].legal_actions)
+        span = result.action_span
+        weights = [policy.token_weights(ids, span[0] if span else None, data.cot)]
         inputs = policy.collate_train([prompt], [ids], weights)
         token_logp, value, _ = policy(inputs)
         logp = ppo.weighted_logprob(token_logp.float().cpu(), inputs.weights)  # noqa: F841 (stored by the reference)
         value = value.float().cpu()
         t_gen, t_score = t_gen + t1 - t0, t_score + time.perf_counter() - t1
-        result = parser.parse(text, obs[0].legal_actions)
         action = result.action if result.ok else obs[0].legal_actions[rng.integers(len(obs[0].legal_actions))]
         obs = envs.step([action]).obs
         tokens += len(ids)
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     device = torch.device(args.device)
     policy.to(device).eval()
     if args.lengths == "fixed":
-        policy.min_new_tokens = args.max_new_tokens
+        policy.sampler.min_new_tokens = args.max_new_tokens
 
     # warm-up (lazy inits, allocator, kernels): a few steps of each code path, untimed
     reference_loop(policy, base, 2, args.seed)

@@ -25,8 +25,10 @@ import torch
 from lightning.fabric import Fabric
 
 from agentrl import ppo
+from agentrl.advantage import GAE
 from agentrl.config import load_config
-from agentrl.fit import accumulate_gradients, build
+from agentrl.fit import build
+from agentrl.learner import accumulate_gradients
 
 
 def epoch(fabric: Fabric, policy: Any, policy_f: Any, data: Any, rollout: Any, cfg: Any, seed: int,
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rollout = data.collect()
     data.envs.close()
     policy.train()  # as fit: activation checkpointing (if configured) on, dropout off
-    adv, ret = rollout.advantages_and_returns(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+    adv, ret = GAE.from_config(cfg)(rollout)
     rollout.advantages, rollout.returns = ppo.whiten(adv, adv.mean(), adv.var(unbiased=False)), ret
 
     cfg.ppo.micro_batch_size = min(args.micro)  # warm-up, untimed

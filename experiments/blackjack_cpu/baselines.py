@@ -14,11 +14,11 @@ from statistics import mean
 import numpy as np
 
 from agentrl.config import load_config
+from agentrl.decoding import Generation
 from agentrl.envs.gym_cards.cards import Card
 from agentrl.envs.gym_cards.experts import basic_strategy
 from agentrl.evaluate import run_episodes, summarize
-from agentrl.fit import components
-from agentrl.policy import Generation
+from agentrl.registry import Components
 
 STATE = re.compile(r"Dealer shows: (\w+)\nYour cards: .* \(sum (\d+)(, usable ace)?\)")
 
@@ -56,10 +56,10 @@ def main() -> None:
         results = []
         for seed in map(int, args.seeds.split(",")):
             cfg = load_config("conf/study/blackjack_ppo.yaml", [f"seed={seed}"])
-            env_cls, template_cls, parser_cls = components(cfg)
-            envs = env_cls(cfg.env, split="eval")
-            template = template_cls(cot=cfg.prompt.cot, text_state=True)
-            records = run_episodes(RulePolicy(rule, seed), envs, template, parser_cls(), args.episodes, seed=seed,
+            parts = Components.resolve(cfg)
+            envs = parts.make_env(cfg, split="eval")
+            template = parts.template(cot=cfg.prompt.cot, text_state=True)
+            records = run_episodes(RulePolicy(rule, seed), envs, template, parts.make_parser(cfg), args.episodes, seed=seed,
                                    greedy=True)
             envs.close()
             results.append(summarize(records))

@@ -50,7 +50,7 @@ if __name__ == "__main__":
     warmup = S.encode(policy, [S.perception(e) for e in examples]) if cfg.sft.perception_epochs else None
     metrics = S.train(policy, data, cfg, warmup=warmup)
     held_out = S.expert_examples(cfg, 60, split="eval", seed=1)
-    policy.max_new_tokens = 48
+    policy.decoder.max_new_tokens = 48
     acc, last = readout(policy, held_out)
     print(json.dumps({"spec": spec_kw, "args": args, "total_s": round(time.time() - t, 1),
                       "train": {k: round(v, 4) for k, v in metrics.items()}, "readout": acc}), flush=True)

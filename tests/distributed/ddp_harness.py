@@ -14,8 +14,10 @@ import torch
 from lightning.fabric import Fabric, seed_everything
 
 from agentrl import ppo
+from agentrl.advantage import GAE
 from agentrl.config import load_config
-from agentrl.fit import accumulate_gradients, build, whiten_global
+from agentrl.fit import build
+from agentrl.learner import accumulate_gradients, whiten_global
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +34,7 @@ def main(out: Path) -> None:
     policy, data = build(cfg)  # same seed on both ranks: identical weights and rollout
     torch.manual_seed(1)
     rollout = data.collect()
-    adv, ret = rollout.advantages_and_returns(0.9, 0.95)
+    adv, ret = GAE(0.9, 0.95)(rollout)
     full = ppo.whiten(adv, adv.mean(), adv.var(unbiased=False))
     mine = torch.arange(rank, 8, 2)
     sharded = whiten_global(fabric, adv[mine])  # global statistics from two halves

@@ -1,25 +1,10 @@
-"""The run configuration: typed, strict, written down.
-
-A run's config is built from, in order: the schema defaults below, the YAML
-chain (a file may name ``base: other.yaml``, resolved relative to itself), then
-dotted command-line overrides (``ppo.clip=0.2``). Any unknown key or wrong type
-stops with a :class:`ConfigError` that names the dotted key and where it came
-from. Cross-field rules live in ``__post_init__``.
-"""
+"""The schema: nested dataclasses, a one-line docstring under each field, cross-field rules in
+``__post_init__`` (each error names the dotted key)."""
 
 from __future__ import annotations
 
-import ast
-import difflib
-import inspect
-import textwrap
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
-from functools import cache
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -102,11 +87,15 @@ class PromptConfig:
     """Ask for reasoning ("thoughts") before the action; false is the paper's no-CoT ablation."""
     text_state: bool = False
     """Also write the text state (numbers, formula) into the prompt, not only the image."""
+    history: int = 0
+    """Earlier steps of the current episode shown in the prompt: the last K (state, action) pairs as text; 0 shows the current observation only."""
     image_position: str = "first"
     """Where the image goes in the user turn: "first" (as the paper's LLaVA prompts; the tiny model reads it best there), "after_task" (after the task description) or "last"; the text before it is what a batch's prompts share (policy.share_prefix)."""
 
 
     def __post_init__(self) -> None:
+        if self.history < 0:
+            raise ConfigError(f"prompt.history must be >= 0, got {self.history}")
         if self.image_position not in IMAGE_POSITIONS:
             raise ConfigError(f"prompt.image_position must be one of {', '.join(IMAGE_POSITIONS)}, "
                               f"got {self.image_position!r}")
@@ -120,7 +109,9 @@ class ParserConfig:
     """How generated text becomes a legal action."""
 
     name: str = "auto"
-    """Action parser by name, or "auto" for the env's own."""
+    """Action parser by name (json, admissible), "auto" for the env's own, or "pkg.module:Class"."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the parser's constructor (admissible: min_overlap)."""
     failure_penalty: float = 0.0
     """Reward added when the text names no legal action (a random legal action is taken instead)."""
 
@@ -129,6 +120,8 @@ class ParserConfig:
 class PolicyConfig:
     """The policy's log-probability, value head and regularisers."""
 
+    name: str = "actor_critic"
+    """Policy module by name (actor_critic: the VLM with a value head) or "pkg.module:Class"."""
     thought_coef: float = 0.5
     """Lambda: log pi = thought_coef * sum log p(CoT tokens) + sum log p(action tokens)."""
     value_hidden: list[int] = field(default_factory=lambda: [1024, 512])
@@ -196,9 +189,19 @@ class PPOConfig:
 
 
 @dataclass
+class AdvantageConfig:
+    """How rollouts become advantages."""
+
+    estimator: str = "gae"
+    """Advantage estimator by name (gae: GAE with the value head, ppo.gamma and ppo.gae_lambda) or "pkg.module:Class"."""
+
+
+@dataclass
 class RolloutConfig:
     """On-policy data collection."""
 
+    name: str = "on_policy"
+    """Rollout data module by name (on_policy: fresh data from the current policy every update) or "pkg.module:Class"."""
     steps_per_update: int = 64
     """Env steps collected per update, summed over all envs of all processes."""
     temperature: float = 0.2
@@ -315,6 +318,8 @@ class Config:
     """Log-probability and value head."""
     ppo: PPOConfig = field(default_factory=PPOConfig)
     """The optimiser of the policy."""
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    """Advantage estimation."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     """Data collection."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -357,124 +362,3 @@ class Config:
 def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-
-
-# ---------------------------------------------------------------- loading
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Schema defaults, then the YAML chain of ``path``, then dotted ``overrides``."""
-    merged = OmegaConf.structured(Config)
-    if path is not None:
-        for source, data in _yaml_chain(Path(path)):
-            merged = _merge(merged, data, source)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value (for example ppo.clip=0.2)")
-        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
-    try:
-        return OmegaConf.to_object(merged)  # runs every __post_init__
-    except ConfigError:
-        raise
-    except OmegaConfBaseException as e:
-        raise ConfigError(_describe(e, "the resolved config")) from None
-
-
-def to_yaml(cfg: Config) -> str:
-    """The resolved config as YAML (what a run writes next to its checkpoints)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def _yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, DictConfig]]:
-    """[(source, data)] from the furthest ``base:`` ancestor down to ``path``."""
-    path = path.resolve()
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist; pass an existing YAML with -c")
-    if path in seen:
-        raise ConfigError(f"{path}: 'base:' chain loops back to itself")
-    try:
-        data = OmegaConf.load(path)
-    except Exception as e:  # YAML syntax errors come from several libraries
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, DictConfig):
-        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
-    base = data.pop("base", None)
-    chain: list[tuple[str, DictConfig]] = []
-    if base is not None:
-        chain = _yaml_chain(path.parent / str(base), (*seen, path))
-    return [*chain, (str(path), data)]
-
-
-def _merge(merged: DictConfig, data: DictConfig, source: str) -> DictConfig:
-    try:
-        return OmegaConf.merge(merged, data)
-    except OmegaConfBaseException as e:
-        raise ConfigError(_describe(e, source)) from None
-
-
-def _describe(e: OmegaConfBaseException, source: str) -> str:
-    key = getattr(e, "full_key", None) or "?"
-    text = str(getattr(e, "msg", "") or e).splitlines()[0]
-    if "not in struct" in text or "Key '" in text and "not" in text:
-        hint = _suggest(key)
-        return f"{source}: unknown key '{key}'{hint}"
-    return f"{source}: bad value for '{key}': {text}"
-
-
-def _suggest(key: str) -> str:
-    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else " (agentrl fit --help lists every key)"
-
-
-# ---------------------------------------------------------------- documentation
-
-
-def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
-    """Every dotted leaf key of the schema."""
-    keys = []
-    for f in fields(cls):
-        default = _default(f)
-        if is_dataclass(default):
-            keys += all_keys(type(default), f"{prefix}{f.name}.")
-        else:
-            keys.append(f"{prefix}{f.name}")
-    return keys
-
-
-def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, default, one-line doc) for every leaf, for --help."""
-    docs = field_docs(cls)
-    rows = []
-    for f in fields(cls):
-        default = _default(f)
-        if is_dataclass(default):
-            rows += describe_keys(type(default), f"{prefix}{f.name}.")
-        else:
-            rows.append((f"{prefix}{f.name}", default, docs.get(f.name, "")))
-    return rows
-
-
-@cache
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a dataclass, read from its source."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(nxt, ast.Expr)
-            and isinstance(nxt.value, ast.Constant)
-            and isinstance(nxt.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
-
-
-def _default(f: Any) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return None

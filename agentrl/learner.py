@@ -1,0 +1,142 @@
+"""The PPO update: epochs over shuffled minibatches of one rollout, gradients accumulated over
+micro-batches, the optimizer and its cosine schedule, and the guard against non-finite gradients.
+
+:class:`Learner` is the update's state between updates (optimizer, schedule,
+shuffle RNG, the count of bad steps in a row); the loss math is in
+:mod:`agentrl.ppo`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from lightning.fabric import Fabric
+
+from agentrl import ppo
+from agentrl.config import Config
+from agentrl.policy import PolicyModule
+from agentrl.rollout import Rollout, RolloutDataModule
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had NaN or inf gradients."""
+
+
+class Learner:
+    """Adam over the policy's trainable weights and its value head (own lr), set up by Fabric.
+
+    ``policy_f`` is the Fabric-wrapped policy (DDP...), whose forward syncs
+    gradients; ``policy`` stays the plain module for everything else.
+    """
+
+    def __init__(self, fabric: Fabric, policy: PolicyModule, cfg: Config) -> None:
+        p, world = cfg.ppo, fabric.world_size
+        self.fabric, self.policy, self.cfg = fabric, policy, cfg
+        optimizer = torch.optim.Adam([
+            {"params": [q for q in policy.model.parameters() if q.requires_grad], "lr": p.lr},
+            {"params": list(policy.value_head.parameters()), "lr": p.value_lr or p.lr},
+        ])
+        opt_steps = p.epochs * math.ceil(cfg.rollout.steps_per_update / p.minibatch_size)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(1, cfg.trainer.max_updates * opt_steps), eta_min=p.min_lr)
+        self.policy_f, self.optimizer = fabric.setup(policy, optimizer)
+        policy.value_head.float()  # the critic stays float32 under bf16-true
+        self.minibatch_size = p.minibatch_size // world  # this rank's share of each minibatch
+        self.shuffle = torch.Generator().manual_seed(cfg.seed + fabric.global_rank)
+        self.bad_in_a_row = 0
+        """Optimizer steps with NaN/inf gradients in a row, across updates."""
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def update(self, rollout: Rollout, data: RolloutDataModule) -> dict[str, float]:
+        """``ppo.epochs`` passes over this rank's rollout; returns mean loss terms per sample.
+
+        An optimizer step whose gradient is NaN or inf is skipped;
+        ``trainer.max_bad_steps`` of them in a row stop the run before anything
+        is checkpointed.
+        """
+        p = self.cfg.ppo
+        sums: dict[str, float] = {}
+        n_steps = skipped = epochs = 0
+        for _ in range(p.epochs):
+            epochs += 1
+            epoch_kl = 0.0
+            for mb in data.minibatches(rollout.size, self.minibatch_size, self.shuffle, lengths=rollout.lengths):
+                terms = accumulate_gradients(self.fabric, self.policy, self.policy_f, rollout, mb, self.cfg)
+                grad_norm = self.fabric.clip_gradients(self.policy_f, self.optimizer, max_norm=p.max_grad_norm,
+                                                       error_if_nonfinite=False)
+                if torch.isfinite(grad_norm):  # device sync, once per optimizer step
+                    self.optimizer.step()
+                    self.bad_in_a_row = 0
+                else:  # a NaN/inf gradient: skip the step rather than poison the weights
+                    skipped += 1
+                    self._count_bad_step()
+                self.optimizer.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():  # the schedule counts planned steps, skipped ones too
+                    warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+                    self.scheduler.step()
+                n_steps += 1
+                terms["grad_norm"] = float(grad_norm) * len(mb)
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                epoch_kl += terms["approx_kl"]
+            if p.target_kl is not None and epoch_kl / rollout.size > p.target_kl:
+                break
+        out = {k: v / (rollout.size * epochs) for k, v in sums.items()}
+        out["explained_variance"] = ppo.explained_variance(rollout.values, rollout.returns)
+        out["skipped_steps"] = float(skipped)
+        out["optimizer_steps"] = float(n_steps)
+        return out
+
+    def _count_bad_step(self) -> None:
+        self.bad_in_a_row += 1
+        limit = self.cfg.trainer.max_bad_steps
+        if self.bad_in_a_row >= limit:
+            raise NonFiniteError(
+                f"{self.bad_in_a_row} optimizer steps in a row had NaN/inf gradients "
+                f"(trainer.max_bad_steps={limit}); stopped without writing a checkpoint, "
+                f"the last one is intact. Lower ppo.lr, check model.dtype, or resume from the checkpoint."
+            )
+
+
+def whiten_global(fabric: Fabric, x: torch.Tensor) -> torch.Tensor:
+    """Whiten with mean and variance over every rank's samples (one all-reduce each)."""
+    count = fabric.all_reduce(torch.tensor(float(x.numel())), reduce_op="sum")
+    mean = fabric.all_reduce(x.sum(), reduce_op="sum") / count
+    var = fabric.all_reduce(((x - mean) ** 2).sum(), reduce_op="sum") / count
+    return ppo.whiten(x, mean, var)
+
+
+def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, rollout: Rollout, mb: torch.Tensor,
+                         cfg: Config) -> dict[str, float]:
+    """Backward over the minibatch ``mb`` in micro-batches; returns loss terms summed over its samples.
+
+    Each micro-batch's loss is a sum scaled by 1 / len(mb), so the accumulated
+    gradient equals one pass over the whole minibatch, whatever the micro size.
+    """
+    p = cfg.ppo
+    micro = mb.split(p.micro_batch_size)
+    names = ("policy", "value", "entropy", "approx_kl", "clipfrac")
+    sums = torch.zeros(len(names))
+    for j, idx in enumerate(micro):
+        ix = idx.tolist()
+        inputs = policy.collate_train([rollout.prompts[i] for i in ix], [rollout.gen_ids[i] for i in ix],
+                                      [rollout.weights[i] for i in ix])
+        with fabric.no_backward_sync(policy_f, enabled=j < len(micro) - 1):
+            token_logp, values, entropy = policy_f(inputs, with_entropy=cfg.policy.entropy_coef > 0)
+            dev = values.device
+            logp = ppo.weighted_logprob(token_logp.float(), inputs.weights.to(dev))
+            terms = ppo.ppo_losses(
+                logp, rollout.logp[idx].to(dev), rollout.advantages[idx].to(dev), values.float(),
+                rollout.values[idx].to(dev), rollout.returns[idx].to(dev), entropy.float(),
+                clip=p.clip, value_clip=p.value_clip, vf_coef=p.vf_coef,
+                entropy_coef=cfg.policy.entropy_coef, scale=1.0 / len(mb),
+            )
+            fabric.backward(terms.total)
+        sums += torch.stack([getattr(terms, n).detach().float().cpu() for n in names]) * len(mb)
+    return dict(zip(names, sums.tolist()))  # plain sums over the minibatch's samples

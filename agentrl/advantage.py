@@ -3,14 +3,12 @@
 An estimator sees a whole :class:`~agentrl.rollout.Rollout` (T steps x N envs)
 and returns ``(advantages, returns)``, both (B,) flattened step-major like the
 rollout's samples. Whitening across ranks happens after it, in the learner.
-``needs_critic`` says whether it reads the value head's estimates (GAE does;
-critic-free, group-relative estimators would not).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -23,13 +21,10 @@ if TYPE_CHECKING:
 class AdvantageEstimator(ABC):
     """The base of every estimator; build one with :meth:`from_config`."""
 
-    needs_critic: ClassVar[bool] = True
-    """Whether the estimates use V(o) from the value head."""
-
     @classmethod
-    @abstractmethod
     def from_config(cls, cfg: Any) -> AdvantageEstimator:
-        """Build from the whole run config (``advantage.*`` and the discounting in ``ppo.*``)."""
+        """Build from the whole run config (``advantage.*``, the discounting in ``ppo.*``); here ``cls()``."""
+        return cls()
 
     @abstractmethod
     def __call__(self, rollout: Rollout) -> tuple[Tensor, Tensor]:

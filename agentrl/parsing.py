@@ -34,8 +34,8 @@ class ParseResult:
     """"" on success; else no_action_key, no_match, ambiguous or error:<type>."""
     action_span: tuple[int, int] | None = None
     """Character span [start, end) in the generated text of the action the parser read: from its
-    ``"action"`` key to the end of its value. The rollout weights the tokens from ``start`` on as the
-    action (METHOD.md) and those before it as chain of thought. Set also when the value matched no
+    ``"action"`` key to the end of its value (JSON: up to the next ``,`` or ``}``). The rollout weights
+    the tokens from ``start`` on as the action (the paper's method) and those before it as thought. Set also when the value matched no
     legal action (the text chose those tokens; a random legal action ran); None when the text has no
     action key."""
 

@@ -9,12 +9,14 @@ with the processor's own chat template, so any VLM's format is respected.
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from agentrl.config import ConfigError
 from agentrl.envs.base import EnvObs
 
 Step = tuple[str, str]
@@ -31,8 +33,14 @@ class PromptTemplate(ABC):
 
     @classmethod
     def from_config(cls, cfg: Any) -> PromptTemplate:
-        """Build from the ``prompt`` config section."""
-        return cls(cot=cfg.cot, text_state=cfg.text_state, image_position=cfg.image_position)
+        """Build from the ``prompt`` config section (a subclass with other constructor arguments overrides this)."""
+        kwargs = {"cot": cfg.cot, "text_state": cfg.text_state, "image_position": cfg.image_position}
+        try:
+            inspect.signature(cls).bind(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"prompt.template: {cls.__name__}({e}); override {cls.__name__}.from_config "
+                              f"to build it from the prompt section") from None
+        return cls(**kwargs)
 
     @abstractmethod
     def task_text(self, obs: EnvObs) -> str:

@@ -81,6 +81,9 @@ def _import(axis: str, key: str, name: str, target: str) -> Any:
     except ModuleNotFoundError as e:
         hint = " (pip install 'agentrl[alfworld]')" if e.name in {"alfworld", "textworld"} else ""
         raise ConfigError(f"{key}: cannot import {module_name!r} for {axis} {name!r}: {e}{hint}") from None
+    except Exception as e:  # a user's module that does not import: empty or relative name, syntax error, ...
+        raise ConfigError(f"{key}: importing {module_name!r} for {axis} {name!r} failed: "
+                          f"{type(e).__name__}: {e} (give 'pkg.module:Class')") from None
     try:
         return getattr(module, attr)
     except AttributeError:
@@ -136,4 +139,8 @@ class Components:
         return self.data.from_config(cfg, rank=rank, world_size=world_size)
 
     def make_estimator(self, cfg: Config) -> Any:
-        return self.estimator.from_config(cfg)
+        estimator = self.estimator.from_config(cfg)
+        if not callable(estimator):
+            raise ConfigError(f"advantage.estimator={cfg.advantage.estimator!r}: {self.estimator.__name__}.from_config "
+                              f"returned {estimator!r}, not an estimator")
+        return estimator

@@ -26,7 +26,7 @@ from torch import Tensor
 from agentrl import ppo
 from agentrl.batching import Prompt
 from agentrl.envs.base import EnvModule, EnvObs, EpisodeStats
-from agentrl.parsing import ActionParser
+from agentrl.parsing import ActionParser, action_span_start
 from agentrl.policy import PolicyModule
 from agentrl.prompts import PromptTemplate, Step
 
@@ -107,8 +107,9 @@ class EpisodeMemory:
         return [list(s) for s in self.slots]
 
     def load_state_dict(self, state: list[list[Step]] | None) -> None:
+        """Restore saved slots, each cut to this memory's ``keep`` (a resume may lower prompt.history)."""
         if state is not None:
-            self.slots = [[tuple(step) for step in s] for s in state]  # type: ignore[misc]
+            self.slots = [[tuple(step) for step in s][-self.keep :] if self.keep else [] for s in state]
 
 
 class RolloutDataModule:
@@ -208,8 +209,10 @@ class RolloutDataModule:
                     actions.append(obs.legal_actions[self.rng.integers(len(obs.legal_actions))])
                     penalties[i] = self.failure_penalty
                     failures += 1
-                # the tokens of the action the parser read are the action; those before it the thoughts
-                start = result.action_span[0] if result.action_span else None
+                # the tokens of the action the parser read are the action; those before it the thoughts.
+                # A parser that names an action without its span (a user's) falls back to the first key.
+                start = result.action_span[0] if result.action_span else action_span_start(text) if result.ok \
+                    else None
                 weights.append(self.policy.token_weights(gen.ids[i], start, self.cot))
                 if from_generate:
                     gen_logp.append((gen.token_logp[i] * weights[-1]).sum())
@@ -223,7 +226,9 @@ class RolloutDataModule:
             rewards[t] = step.reward + penalties
             terminated[t], truncated[t] = step.terminated, step.truncated
             for i, (obs, action) in enumerate(zip(self._obs, actions)):
-                self.memory.record(i, obs, action)
+                dropped = step.episodes[i] is None and (step.terminated[i] or step.truncated[i])
+                if not dropped:  # a restarted worker never ran the action (its episode was dropped)
+                    self.memory.record(i, obs, action)
             cut = np.flatnonzero(step.truncated & ~step.terminated).tolist()
             final.update(zip(((t, i) for i in cut), self.encode_all([step.final_obs[i] for i in cut], cut)))
             for i in np.flatnonzero(step.terminated | step.truncated):
@@ -315,6 +320,7 @@ class RolloutDataModule:
             self.envs.load_state_dict(state["env"])
             self._obs = state["obs"]
             self.memory.load_state_dict(state.get("memory"))
-        else:
+        else:  # fresh seeds; the next collect resets the envs (build() had reset them on the old seed)
             self.seed += 1_000_003 * update
+            self._obs = None
         self._prompts = None

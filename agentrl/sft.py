@@ -13,9 +13,12 @@ Data (``sft.data``):
               "prompt": "user text ..."                # the user turn, verbatim, or
               "obs": {"text": ..., "legal_actions": [...], "env_id": "numberline",
                       "task": "", "extra": {}},        # an EnvObs the prompt template renders
+              "history": [["state text", "action"], ...],   # optional, with "obs": earlier steps
               "answer": "{\"action\": \"+\"}" | {"thoughts": ..., "action": "+"}}
 
            ``answer`` is the target text, or fields that the template turns into JSON.
+           ``history`` (oldest first) is rendered as in rollouts with ``prompt.history``; the
+           last ``prompt.history`` steps are kept.
 
 Loss: cross-entropy on the answer tokens (and the closing EOS) only; prompt and
 padding labels are -100. The checkpoint has fit's layout (see
@@ -115,8 +118,11 @@ def expert_examples(cfg: Config, n: int, *, split: str = "train", seed: int | No
     return out[:n]
 
 
-def jsonl_examples(path: str | Path, template: PromptTemplate) -> list[Example]:
-    """Examples from a JSONL file (format in the module docstring); errors name the line."""
+def jsonl_examples(path: str | Path, template: PromptTemplate, history: int = 0) -> list[Example]:
+    """Examples from a JSONL file (format in the module docstring); errors name the line.
+
+    ``history`` is ``prompt.history``: how many of a row's earlier steps the prompt shows.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sft.data={str(path)!r} does not exist; give a JSONL file or 'expert'")
@@ -144,7 +150,11 @@ def jsonl_examples(path: str | Path, template: PromptTemplate) -> list[Example]:
             except TypeError as e:
                 raise ConfigError(f"{where}: bad 'obs' ({e}); keys are text, legal_actions, env_id, task, extra") \
                     from None
-            messages = template.messages(obs)
+            steps = row.get("history", [])
+            if not (isinstance(steps, list) and all(
+                    isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in steps)):
+                raise ConfigError(f"{where}: 'history' must be a list of [state text, action] string pairs")
+            messages = template.messages(obs, [tuple(h) for h in steps][-history:] if history else [])
         else:
             content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": row["prompt"]}]
             messages = [{"role": "user", "content": content}]
@@ -161,7 +171,7 @@ def load_examples(cfg: Config) -> list[Example]:
     if s.data == "expert":
         examples = expert_examples(cfg, s.examples if s.max_examples is None else min(s.examples, s.max_examples))
     else:
-        examples = jsonl_examples(s.data, make_template(cfg))
+        examples = jsonl_examples(s.data, make_template(cfg), cfg.prompt.history)
     return examples if s.max_examples is None else examples[: s.max_examples]
 
 

@@ -20,13 +20,13 @@ def test_bench_rollout_smoke(tiny_path, capsys):
     rows = bench_rollout.main(["--steps", "4", "--sizes", "1", "4", "--max-new-tokens", "6"])
     assert [(r["variant"], r["num_envs"]) for r in rows] == [("reference", 1), ("agentrl", 1), ("agentrl", 4)]
     assert all(r["tokens"] == 4 * 6 for r in rows)  # fixed lengths: every variant generates the same tokens
-    ref = rows[0]["steps"] / rows[0]["wall_s"]
-    for r in rows:  # each speedup is that row's measured throughput over the reference's, from the same run
-        assert r["speedup"] == pytest.approx(r["steps"] / r["wall_s"] / ref, rel=1e-12)
-        assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["wall_s"], rel=1e-12)
+    out = capsys.readouterr().out
+    for r in rows:  # same env steps everywhere, so a speedup is the reference's wall time over the row's
+        assert r["steps"] == rows[0]["steps"]
+        assert r["speedup"] == pytest.approx(rows[0]["wall_s"] / r["wall_s"], rel=1e-9)
         assert r["generate_s"] > 0 and r["generate_s"] + r["score_s"] <= r["wall_s"] and r["peak_mb"] > 0
+        assert f"{r['speedup']:.2f}x" in out  # the table prints what was measured
     assert rows[0]["speedup"] == 1.0
-    assert "speedup" in capsys.readouterr().out
 
 
 def test_bench_update_smoke(tiny_path, capsys):

@@ -6,7 +6,6 @@ from lightning.fabric import seed_everything
 
 from agentrl.config import ConfigError, load_config
 from agentrl.fit import build
-from agentrl.parsing import action_span_start
 
 LORA = ["model.finetune=lora", "model.lora.r=4", "model.lora.alpha=8", "env.num_envs=2",
         "rollout.steps_per_update=4", "ppo.minibatch_size=4", "ppo.micro_batch_size=2", "rollout.max_new_tokens=8"]
@@ -18,7 +17,8 @@ def test_reference_scores_equal_policy_at_init_and_differ_after_adapters_move(ti
     obs = data.envs.reset(0)
     prompts = [data.encode(o) for o in obs]
     gen = policy.generate(prompts)
-    weights = [policy.token_weights(g, action_span_start(t), True) for g, t in zip(gen.ids, gen.texts)]
+    spans = [data.parser.parse(t, o.legal_actions).action_span for t, o in zip(gen.texts, obs)]
+    weights = [policy.token_weights(g, s[0] if s else None, True) for g, s in zip(gen.ids, spans)]
     logp, _ = data.score(prompts, gen.ids, weights)
     ref, _ = data.score(prompts, gen.ids, weights, reference=True)
     torch.testing.assert_close(logp, ref)  # LoRA B starts at zero: policy == reference

@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from agentrl.advantage import GAE
+from agentrl.advantage import GAE, AdvantageEstimator
 from agentrl.config import ConfigError, load_config
 from agentrl.parsing import AdmissibleCommandParser, JsonActionParser, ParseResult
 from agentrl.policy import PolicyModule
@@ -21,17 +21,29 @@ class PrefixParser(JsonActionParser):
         self.prefix = prefix
 
     def read(self, text, legal):
-        return ParseResult(self.prefix + text if self.prefix + text in legal else None, "no_match", (0, len(text)))
+        action = self.prefix + text
+        return ParseResult(action, "", (0, len(text))) if action in legal else ParseResult(None, "no_match")
 
 
 class NotAParser:
     pass
 
 
+class NoFromConfig(AdvantageEstimator):
+    """A user's estimator whose from_config returns nothing."""
+
+    @classmethod
+    def from_config(cls, cfg):
+        return None
+
+    def __call__(self, rollout):
+        raise AssertionError("never called")
+
+
 @pytest.fixture
 def user_module():
     mod = types.ModuleType("user_components")
-    mod.PrefixParser, mod.NotAParser = PrefixParser, NotAParser
+    mod.PrefixParser, mod.NotAParser, mod.NoFromConfig = PrefixParser, NotAParser, NoFromConfig
     sys.modules["user_components"] = mod
     yield "user_components"
     del sys.modules["user_components"]
@@ -65,6 +77,8 @@ def test_the_config_builds_template_and_estimator():
     ("policy.name=actor", "policy.name: unknown policy 'actor'"),
     ("parser.name=user_components:NotAParser", "must be a subclass of agentrl.parsing.ActionParser"),
     ("parser.options={min_overlapp: 0.5}", "parser.options"),
+    ("parser.name=:NoModule", "parser.name: importing '' for parser ':NoModule' failed"),
+    ("advantage.estimator=user_components:NoFromConfig", "NoFromConfig.from_config returned"),
 ])
 def test_bad_components_name_the_key(user_module, override, message):
     cfg = load_config(None, ["env.name=numberline", override] + (
@@ -72,4 +86,5 @@ def test_bad_components_name_the_key(user_module, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         parts = Components.resolve(cfg)
         parts.make_parser(cfg)
+        parts.make_estimator(cfg)
 

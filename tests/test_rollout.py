@@ -1,14 +1,16 @@
 """The rollout: the parser's span decides the weighted tokens; episode memory in the prompt."""
 
+import copy
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from agentrl.config import load_config
 from agentrl.decoding import Generation
-from agentrl.envs.base import EnvObs
+from agentrl.envs.base import EnvObs, EnvStep
 from agentrl.fit import build
-from agentrl.parsing import action_span_start
+from agentrl.parsing import ParseResult, action_span_start
 from agentrl.prompts import AlfworldTemplate, GymCardsTemplate
 from agentrl.rollout import EpisodeMemory
 from agentrl.sft import expert_examples
@@ -53,6 +55,10 @@ def test_episode_memory_keeps_the_last_k_steps_and_forgets_at_episode_end():
     again = EpisodeMemory(2, 2)
     again.load_state_dict(memory.state_dict())
     assert again.history(0) == memory.history(0)
+    fewer, none = EpisodeMemory(2, 1), EpisodeMemory(2, 0)  # a resume with a lower prompt.history
+    fewer.load_state_dict(memory.state_dict())
+    none.load_state_dict(memory.state_dict())
+    assert fewer.history(0) == [("s2", "a2")] and none.history(0) == [] and none.history(1) == []
     memory.clear(0)
     assert memory.history(0) == [] and memory.history(1) == [("s3", "b")]
     nothing = EpisodeMemory(num_envs=1, keep=0)
@@ -74,30 +80,126 @@ def test_templates_render_history():
     assert GymCardsTemplate().prompt(image_obs) == GymCardsTemplate().prompt(image_obs, [])
 
 
-def test_rollout_prompts_carry_the_episodes_earlier_actions(tiny_path):
-    cfg = load_config(ROOT / "conf/numberline.yaml", [*SMALL, "prompt.history=2", "rollout.steps_per_update=8"])
+def spy_steps(data):
+    """Record the actions every env step receives."""
+    taken, step = [], data.envs.step
+
+    def spy(actions):
+        taken.append(list(actions))
+        return step(actions)
+
+    data.envs.step = spy
+    return taken
+
+
+def test_rollout_prompts_list_the_episodes_last_actions(tiny_path):
+    cfg = load_config(ROOT / "conf/numberline.yaml", [*SMALL, "prompt.history=2", "rollout.steps_per_update=12"])
     policy, data = build(cfg)
+    taken = spy_steps(data)
     rollout = data.collect()
     data.envs.close()
     T, N = rollout.rewards.shape
     ended = (rollout.terminated | rollout.truncated).tolist()
     prompts = [policy.tokenizer.decode(p["input_ids"][0]) for p in rollout.prompts]
+    longest = 0
     for i in range(N):
-        seen = 0  # steps of the current episode before step t
+        episode: list[str] = []  # actions of slot i's current episode before step t
         for t in range(T):
             text = prompts[t * N + i]
-            if seen == 0:
+            if not episode:
                 assert "Your last" not in text
             else:
-                assert f"Your last {min(seen, 2)} steps" in text
-            seen = 0 if ended[t][i] else seen + 1
-    assert any("Your last 2 steps" in p for p in prompts)
-    state = data.state_dict()["memory"]
-    assert len(state) == N and all(len(s) <= 2 for s in state)
+                shown = episode[-2:]
+                listed = "\n".join(f'- "{a}"' for a in shown)  # image-only prompt: the actions alone
+                assert f"Your last {len(shown)} steps in this episode" in text and listed in text, (t, i)
+            episode = [] if ended[t][i] else [*episode, taken[t][i]]
+            longest = max(longest, len(episode))
+    assert longest >= 2  # the window was filled at least once
+    assert [list(map(tuple, s)) for s in data.state_dict()["memory"]] == [data.memory.history(i) for i in range(N)]
+
+
+def test_resumed_data_module_builds_the_same_prompts(tiny_path):
+    """The memory travels in the data module's state: a restored module continues with the same prompts."""
+    cfg = load_config(ROOT / "conf/numberline.yaml", [*SMALL, "prompt.history=3", "rollout.steps_per_update=8"])
+    torch.manual_seed(0)
+    policy, data = build(cfg)
+    data.collect()
+    state = copy.deepcopy(data.state_dict())
+    assert any(state["memory"])
+    torch.manual_seed(1)
+    straight = data.collect()
+    data.envs.close()
+    _, again = build(cfg)
+    again.load_state_dict(state, update=1)
+    torch.manual_seed(1)
+    resumed = again.collect()
+    again.envs.close()
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(straight.prompts, resumed.prompts))
+    assert straight.texts == resumed.texts
+
+
+def test_a_dropped_episodes_last_action_is_not_remembered(tiny_path):
+    """A restarted worker never ran the action: the final prompt and the memory must not list it."""
+    cfg = load_config(ROOT / "conf/numberline.yaml", [*SMALL, "prompt.history=2", "env.num_envs=2",
+                                                      "rollout.steps_per_update=2", "ppo.minibatch_size=2"])
+    policy, data = build(cfg)
+    obs = data.envs.reset(0)
+    data._obs = obs
+    data.memory.record(0, obs[0], "+")
+    fresh = data.envs.reset(1)
+    dropped = EnvStep(obs=fresh, reward=np.zeros(2, np.float32), terminated=np.zeros(2, bool),
+                      truncated=np.ones(2, bool), final_obs=list(obs), episodes=[None, None])
+    data.envs.step = lambda actions: dropped
+    seen = []
+    encode_all = data.encode_all
+
+    def spy(batch, slots=None):
+        if slots is not None:  # the final observations of the cut episodes
+            seen.extend(data.memory.history(i) for i in slots)
+        return encode_all(batch, slots)
+
+    data.encode_all = spy
+    data.collect()
+    data.envs.close()
+    assert seen == [[(obs[0].text, "+")], []]  # the step that never ran is not in the history
+    assert data.memory.history(0) == [] and data.memory.history(1) == []
+
+
+def test_envs_without_state_restart_on_fresh_seeds_after_resume(tiny_path):
+    cfg = load_config(ROOT / "conf/numberline.yaml", SMALL)
+    policy, data = build(cfg)
+    state = data.state_dict()
+    state["env"] = state["obs"] = None  # what async envs save
+    seeds, reset = [], data.envs.reset
+    data.envs.reset = lambda seed: seeds.append(seed) or reset(seed)
+    data.load_state_dict(state, update=3)
+    data.collect()
+    data.envs.close()
+    assert seeds == [cfg.seed + 3 * 1_000_003]
+
+
+def test_a_parser_without_spans_falls_back_to_the_first_key(tiny_path):
+    policy, data = build(load_config(ROOT / "conf/numberline.yaml", SMALL))
+    data.parser.read = lambda text, legal: ParseResult("+")  # a user's parser that reports no span
+    tok = policy.tokenizer
+    text = '{"thoughts": "up", "action": "+"}'
+    ids = torch.tensor(tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id])
+    policy.generate = lambda prompts, greedy=False, score=False: Generation(
+        ids=[ids] * len(prompts), texts=[text] * len(prompts), token_logp=[torch.zeros(len(ids))] * len(prompts),
+        values=torch.zeros(len(prompts)))
+    rollout = data.collect()
+    data.envs.close()
+    first = int((rollout.weights[0] == 1.0).nonzero()[0])
+    assert tok.decode(ids[first:], skip_special_tokens=True).lstrip(' "').startswith('action"')
+    assert torch.all(rollout.weights[0][:first] == 0.3)
 
 
 def test_expert_sft_examples_carry_the_same_history(tiny_path):
     cfg = load_config(ROOT / "conf/numberline.yaml", ["prompt.history=1", "env.num_envs=1", "sft.explore=0"])
-    examples = expert_examples(cfg, 3)
+    examples = expert_examples(cfg, 8)
     texts = [ex.messages[0]["content"][-1]["text"] for ex in examples]
-    assert "Your last" not in texts[0] and "Your last 1 steps" in texts[1]
+    assert "Your last" not in texts[0]
+    with_history = [k for k in range(1, 8) if "Your last 1 steps" in texts[k]]
+    assert with_history  # some step followed another of its episode
+    for k in with_history:  # explore=0, noise=0: the step taken was the expert's action of the example before
+        assert f'- "{examples[k - 1].expert_action}"' in texts[k]

@@ -69,6 +69,21 @@ def test_jsonl_data(tmp_path):
         S.load_examples(cfg)
 
 
+def test_jsonl_rows_carry_their_history(tmp_path):
+    obs = {"text": "Target: 1, Current: 3", "legal_actions": ["-", "+"], "env_id": "numberline"}
+    row = {"obs": obs, "history": [["Target: 1, Current: 5", "-"], ["Target: 1, Current: 4", "-"]],
+           "answer": '{"action": "-"}'}
+    path = tmp_path / "h.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    text = S.load_examples(load_config(NL, [f"sft.data={path}", "prompt.history=1"]))[0].messages[0]["content"][0]
+    assert "Your last 1 steps" in text["text"] and '- Target: 1, Current: 4 -> "-"' in text["text"]
+    assert "Current: 5" not in text["text"]  # prompt.history=1 keeps the last step only
+    assert "Your last" not in S.load_examples(load_config(NL, [f"sft.data={path}"]))[0].messages[0]["content"][0]["text"]
+    path.write_text(json.dumps(dict(row, history=[["only state"]])) + "\n")
+    with pytest.raises(ConfigError, match="h.jsonl:1: 'history' must be"):
+        S.load_examples(load_config(NL, [f"sft.data={path}"]))
+
+
 def test_loss_only_on_answer_tokens(tiny_path):
     cfg = load_config(NL, ["sft.examples=3"])
     policy = S.build_policy(cfg)

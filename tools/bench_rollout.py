@@ -108,15 +108,16 @@ def reference_loop(policy: PolicyModule, data: RolloutDataModule, steps: int, se
             ids = ids[: int((ids == sampler.eos_id).int().argmax()) + 1]
         text = policy.tokenizer.decode(ids, skip_special_tokens=True)
         sync(policy.device)
+        t_parse = time.perf_counter()
+        result = parser.parse(text, obs[0].legal_actions)  # untimed, as in agentrl's collect
         t1 = time.perf_counter()
-        result = parser.parse(text, obs[0].legal_actions)
         span = result.action_span
         weights = [policy.token_weights(ids, span[0] if span else None, data.cot)]
         inputs = policy.collate_train([prompt], [ids], weights)
         token_logp, value, _ = policy(inputs)
         logp = ppo.weighted_logprob(token_logp.float().cpu(), inputs.weights)  # noqa: F841 (stored by the reference)
         value = value.float().cpu()
-        t_gen, t_score = t_gen + t1 - t0, t_score + time.perf_counter() - t1
+        t_gen, t_score = t_gen + t_parse - t0, t_score + time.perf_counter() - t1
         action = result.action if result.ok else obs[0].legal_actions[rng.integers(len(obs[0].legal_actions))]
         obs = envs.step([action]).obs
         tokens += len(ids)

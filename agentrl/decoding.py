@@ -7,15 +7,25 @@ sampling pass itself (no second forward): the log-prob of each chosen token
 under the tempered softmax of that step's raw logits, and the value of the
 prefill's last hidden state. They match a teacher-forced re-forward up to
 float round-off (tests/test_decode.py).
+
+Sampling equals scoring: both read the language model's last hidden state
+(by a hook, not ``output_hidden_states``, which keeps every layer's) and apply
+the LM head in float32 outside autocast (:class:`OutputHead`), then take
+log-probs as gather minus logsumexp (:func:`token_logprobs`): under bf16
+autocast the head's 16-bit logits alone would be off by ~0.06 at magnitude 16,
+0.3 in log-prob at temperature 0.2.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from transformers import GenerationConfig
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from agentrl.batching import Prompt, PromptBatcher
@@ -35,19 +45,83 @@ class Generation:
     """With ``score=True``: (B,) V(prompt) from the prefill's last-token hidden state."""
 
 
+def token_logprobs(logits: Tensor, tokens: Tensor, temperature: float) -> Tensor:
+    """log softmax(logits / T)[token] (...,) for float ``logits`` (..., V) and ``tokens`` (...,), without the
+    full (..., V) log-softmax: gather, then subtract the logsumexp."""
+    scaled = logits.float() / temperature
+    return scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(scaled, dim=-1)
+
+
+class OutputHead:
+    """The model's LM head applied in float32 with autocast off, to the positions asked for only.
+
+    A frozen 16-bit head is copied to float32 once and cached (LLaVA-7B's
+    32k x 4096 head: 0.5 GB); a trainable one is float32 already.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._cache: tuple[tuple, Tensor] | None = None
+
+    def weight(self) -> Tensor:
+        w = self.model.get_output_embeddings().weight
+        if w.dtype == torch.float32 or w.requires_grad:
+            return w.float()
+        key = (w.data_ptr(), w.device, w._version)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, w.detach().float())
+        return self._cache[1]
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        """(..., V) float32 logits of final hidden states (..., H)."""
+        head = self.model.get_output_embeddings()
+        bias = None if head.bias is None else head.bias.float()
+        with torch.autocast(hidden.device.type, enabled=False):
+            return nn.functional.linear(hidden.float(), self.weight(), bias)
+
+
+@contextmanager
+def last_hidden_state(model: nn.Module) -> Iterator[list[Tensor]]:
+    """While open, the language model's final (normed) hidden states of each forward are appended to the list."""
+    store: list[Tensor] = []
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        store.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+    handle = model.get_decoder().register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
 class Sampler:
     """The next token from raw logits: arg-max, or a draw from the tempered (nucleus-filtered) softmax."""
 
     def __init__(self, *, temperature: float, top_p: float = 1.0, bad_ids: list[int] | None = None,
-                 eos_id: int | None = None) -> None:
+                 eos_ids: list[int] | None = None) -> None:
         self.temperature = temperature
         self.top_p = top_p
         self.bad_ids = list(bad_ids or [])
         """Ids never picked (the image placeholder)."""
-        self.eos_id = eos_id
+        self.eos_ids = list(eos_ids or [])
+        """Every id that ends an answer (a chat model's end-of-turn too); the first is the tokenizer's EOS."""
         self.min_new_tokens = 0
         """EOS is masked before this many tokens (benchmarks force equal lengths with it)."""
         self._biases: dict[tuple, Tensor] = {}
+
+    @property
+    def eos_id(self) -> int:
+        """The EOS an SFT answer ends with (the tokenizer's)."""
+        return self.eos_ids[0]
+
+    @eos_id.setter
+    def eos_id(self, value: int) -> None:
+        self.eos_ids = [value]
+
+    def is_eos(self, tokens: Tensor) -> Tensor:
+        """Bool mask of ``tokens`` that end an answer."""
+        return torch.isin(tokens, torch.tensor(self.eos_ids, device=tokens.device))
 
     def pick(self, logits: Tensor, greedy: bool = False, allow_eos: bool = True) -> Tensor:
         """Next token per row (B,) from raw logits (B, V): arg-max, or a sample from the tempered softmax.
@@ -69,15 +143,16 @@ class Sampler:
 
     def logprob(self, logits: Tensor, tokens: Tensor) -> Tensor:
         """(B,) log-prob of ``tokens`` (B,) under the tempered softmax of raw ``logits`` (B, V), in float32."""
-        return torch.log_softmax(logits.float() / self.temperature, -1).gather(-1, tokens[:, None])[:, 0]
+        return token_logprobs(logits, tokens, self.temperature)
 
     def _logit_bias(self, logits: Tensor, allow_eos: bool) -> Tensor:
         """(V,) 0, or -inf on the suppressed ids (and EOS when not allowed); built once per setting."""
-        key = (logits.shape[-1], logits.dtype, logits.device, tuple(self.bad_ids), None if allow_eos else self.eos_id)
+        key = (logits.shape[-1], logits.dtype, logits.device, tuple(self.bad_ids),
+               None if allow_eos else tuple(self.eos_ids))
         bias = self._biases.get(key)
         if bias is None:
             bias = torch.zeros(logits.shape[-1], dtype=logits.dtype, device=logits.device)
-            bias[list(self.bad_ids) + ([] if allow_eos else [self.eos_id])] = float("-inf")
+            bias[list(self.bad_ids) + ([] if allow_eos else self.eos_ids)] = float("-inf")
             if len(self._biases) > 8:
                 self._biases.clear()
             self._biases[key] = bias
@@ -94,6 +169,7 @@ class Decoder:
         self.sampler = sampler
         self.value_head = value_head
         self.max_new_tokens = max_new_tokens
+        self.head = OutputHead(model)
         self.own_loop = batcher.verified
         """agentrl's decode loop (verified families); False: transformers' ``generate``."""
 
@@ -106,7 +182,7 @@ class Decoder:
         run = self._own_loop if self.own_loop else self._hf_generate
         gen_dev, token_logp, values = run(batch, prefix, device, greedy, score)
         gen = gen_dev.cpu()
-        is_eos = gen == self.sampler.eos_id
+        is_eos = self.sampler.is_eos(gen)
         lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, gen.shape[1]).tolist()  # keep the EOS
         ids = [row[:n] for row, n in zip(gen, lengths)]
         texts = self.batcher.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)
@@ -131,11 +207,13 @@ class Decoder:
         room = self.max_new_tokens + (batch["input_ids"].shape[1] if prefix is not None else 0)
         cache = _growing_cache(self.model.config, kw.pop("cache", None), room)
         mask, pos = kw["attention_mask"], kw["position_ids"]
-        out = self.model(**kw, cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=score)
-        values = self.value_head(out.hidden_states[-1][:, -1]) if score else None
-        # decode steps are text only: the language model and the LM head, without the VLM wrapper's checks
-        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
-        logits = out.logits[:, -1]
+        with last_hidden_state(self.model) as hidden:
+            self.model(**kw, cache=cache, use_cache=True, logits_to_keep=1)
+        last = hidden[-1][:, -1]
+        values = self.value_head(last) if score else None
+        # decode steps are text only: the language model and the float32 head, without the VLM wrapper's checks
+        decoder, head = self.model.get_decoder(), self.head
+        logits = head(last)
         rows = mask.shape[0]
         done = torch.zeros(rows, dtype=torch.bool, device=mask.device)
         pos = pos[:, -1:]
@@ -146,7 +224,7 @@ class Decoder:
             tokens.append(tok)
             if score:
                 logps.append(sampler.logprob(logits, tok))
-            done |= tok == sampler.eos_id
+            done |= sampler.is_eos(tok)
             if t == self.max_new_tokens - 1 or bool(done.all()):
                 break
             mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
@@ -170,6 +248,12 @@ class Decoder:
             "do_sample": True, "temperature": sampler.temperature, "top_p": sampler.top_p, "top_k": 0}
         prefill: list[Tensor] = []
         hook = self.model.get_decoder().register_forward_hook(_first_last_hidden(prefill)) if score else None
+        # only what is asked here shapes the distribution: a checkpoint's generation config may bring a
+        # repetition penalty, top_k, n-gram bans... that the scoring forward would not apply
+        hf_model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        saved, hf_model.generation_config = hf_model.generation_config, GenerationConfig(
+            bos_token_id=hf_model.generation_config.bos_token_id, pad_token_id=self.batcher.pad_id,
+            eos_token_id=sampler.eos_ids)
         try:
             out = self.model.generate(
                 **inputs,
@@ -178,11 +262,12 @@ class Decoder:
                 min_new_tokens=sampler.min_new_tokens or None,
                 suppress_tokens=sampler.bad_ids or None,
                 pad_token_id=self.batcher.pad_id,
-                eos_token_id=sampler.eos_id,
+                eos_token_id=sampler.eos_ids,
                 return_dict_in_generate=True,
                 output_logits=score,
             )
         finally:
+            hf_model.generation_config = saved
             if hook is not None:
                 hook.remove()
         gen = out.sequences[:, inputs["input_ids"].shape[1] :]

@@ -45,6 +45,15 @@ def make_strategy(t: TrainerConfig) -> Any:
     return t.strategy  # "auto", "deepspeed", ... as Fabric understands them
 
 
+def make_fabric(t: TrainerConfig, loggers: Any = None, devices: int | None = None) -> Any:
+    """The Fabric every command runs on: ``trainer.accelerator``, devices, nodes, strategy and precision."""
+    from lightning.fabric import Fabric
+
+    return Fabric(accelerator=t.accelerator, devices=t.devices if devices is None else devices,
+                  num_nodes=t.num_nodes if devices is None else 1, strategy=make_strategy(t) if devices is None else "auto",
+                  precision=t.precision, loggers=loggers)
+
+
 class Meeting:
     """A barrier across ranks with a timeout that names the ranks that did not arrive."""
 

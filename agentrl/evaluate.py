@@ -35,6 +35,7 @@ from rich.table import Table
 
 from agentrl.checkpoint import load_trainable, resolve_resume
 from agentrl.config import Config, ConfigError
+from agentrl.distributed import make_fabric
 from agentrl.rollout import EpisodeMemory
 
 
@@ -102,13 +103,17 @@ def evaluate(cfg: Config, checkpoint: str | None, episodes: int, *, greedy: bool
 
     if episodes < 1:
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
+    if cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1:
+        raise ConfigError(f"agentrl eval runs on one device (its envs step in one batch); got trainer.devices="
+                          f"{cfg.trainer.devices}, trainer.num_nodes={cfg.trainer.num_nodes}: pass trainer.devices=1")
     hf_logging.disable_progress_bar()
     set_threads(cfg.trainer.num_threads, 1)
+    fabric = make_fabric(cfg.trainer, devices=1)  # trainer.accelerator and trainer.precision, as fit
     console = console or Console(stderr=True)
     ckpt = resolve_resume(checkpoint, "--checkpoint") if checkpoint else None
     cfg = replace(cfg, policy=replace(cfg.policy, init_from=None))
     torch.manual_seed(cfg.seed)
-    policy, data = build(cfg, split="eval")
+    policy, data = build(cfg, split="eval", device=fabric.device)
     if ckpt is not None:
         try:
             load_trainable(policy, ckpt, value_head=False)
@@ -118,8 +123,9 @@ def evaluate(cfg: Config, checkpoint: str | None, episodes: int, *, greedy: bool
     policy.eval()
     t0 = time.perf_counter()
     try:
-        records = run_episodes(policy, data.envs, data.template, data.parser, episodes, seed=cfg.seed,
-                               greedy=greedy, history=cfg.prompt.history)
+        with fabric.autocast():
+            records = run_episodes(policy, data.envs, data.template, data.parser, episodes, seed=cfg.seed,
+                                   greedy=greedy, history=cfg.prompt.history)
     finally:
         data.envs.close()
     result: dict[str, Any] = {"env": cfg.env.name, "split": "eval", "checkpoint": str(ckpt) if ckpt else None,

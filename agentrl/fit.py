@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from lightning.fabric import Fabric
 from lightning.fabric.loggers import TensorBoardLogger
 
 from agentrl.checkpoint import RunState, load_trainable, resolve_resume, resume, run_meta, save_update
-from agentrl.config import Config, to_yaml
-from agentrl.distributed import Meeting, make_strategy
+from agentrl.config import Config, ConfigError, to_yaml
+from agentrl.distributed import Meeting, make_fabric
 from agentrl.learner import Learner, whiten_global
 from agentrl.policy import PolicyModule
 from agentrl.registry import Components
@@ -27,16 +26,19 @@ from agentrl.rollout import RolloutDataModule
 
 
 def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1,
-          parts: Components | None = None) -> tuple[PolicyModule, RolloutDataModule]:
-    """Model, policy, envs, template and parser from the config, connected; envs seeded per rank."""
+          parts: Components | None = None, device: torch.device | str = "cpu") -> tuple[PolicyModule, RolloutDataModule]:
+    """Model, policy, envs, template and parser from the config, connected; envs seeded per rank.
+
+    The policy is moved to ``device`` first, so the reachability probe runs there.
+    """
     parts = parts or Components.resolve(cfg)
-    policy = parts.make_policy(cfg)
+    policy = parts.make_policy(cfg).to(device)
     data = parts.make_data(cfg, rank=rank, world_size=world_size)
     data.connect(policy, parts.make_env(cfg, split), parts.make_template(cfg), parts.make_parser(cfg))
     policy.freeze_unreachable(data.current_prompts()[0])
     if cfg.policy.init_from:  # after the freeze: a fit checkpoint holds only what fit could train
         load_trainable(policy, resolve_resume(cfg.policy.init_from, "policy.init_from"), value_head=False)
-    return policy, data
+    return policy.eval(), data  # eval mode: from_pretrained + PEFT leave LoRA's dropout active
 
 
 def set_threads(num_threads: int | None, world_size: int) -> None:
@@ -69,12 +71,16 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
     t = cfg.trainer
     out_dir = Path(t.out_dir)
     logger = TensorBoardLogger(root_dir=str(out_dir), name="tensorboard", version="")
-    fabric = Fabric(accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=make_strategy(t),
-                    precision=t.precision, loggers=logger)
+    fabric = make_fabric(t, loggers=logger)
     fabric.launch()
     world, rank = fabric.world_size, fabric.global_rank
     cfg.check_world_size(world)
     parts = Components.resolve(cfg)  # unknown names fail here, before the run dir is written
+    if cfg.rollout.top_p < 1.0:
+        raise ConfigError(
+            f"rollout.top_p={cfg.rollout.top_p}: PPO's old log-probs must be those of the distribution sampled, and "
+            f"the update scores the full tempered softmax, not the nucleus; train with rollout.top_p=1 "
+            f"(agentrl eval accepts top_p < 1)")
     set_threads(t.num_threads, world)
     fabric.seed_everything(cfg.seed, verbose=False)  # identical initial weights on every rank
     config_yaml, meta = to_yaml(cfg), run_meta(list(argv or sys.argv))
@@ -83,7 +89,7 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
         (out_dir / "config.yaml").write_text(config_yaml)
         (out_dir / "command.txt").write_text(" ".join(meta["argv"]) + f"\n# git {meta['git_sha']}\n")
 
-    policy, data = build(cfg, rank=rank, world_size=world, parts=parts)
+    policy, data = build(cfg, rank=rank, world_size=world, parts=parts, device=fabric.device)
     learner = Learner(fabric, policy, cfg)
     estimator = parts.make_estimator(cfg)
     torch.manual_seed(cfg.seed + 7919 * rank)  # per-rank sampling stream

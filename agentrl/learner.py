@@ -42,8 +42,7 @@ class Learner:
         opt_steps = p.epochs * math.ceil(cfg.rollout.steps_per_update / p.minibatch_size)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, cfg.trainer.max_updates * opt_steps), eta_min=p.min_lr)
-        self.policy_f, self.optimizer = fabric.setup(policy, optimizer)
-        policy.value_head.float()  # the critic stays float32 under bf16-true
+        self.policy_f, self.optimizer = fabric.setup(policy, optimizer)  # every trainable weight is float32 already
         self.minibatch_size = p.minibatch_size // world  # this rank's share of each minibatch
         self.shuffle = torch.Generator().manual_seed(cfg.seed + fabric.global_rank)
         self.bad_in_a_row = 0
@@ -63,11 +62,15 @@ class Learner:
         p = self.cfg.ppo
         sums: dict[str, float] = {}
         n_steps = skipped = epochs = 0
+        start_ratio_error = float("nan")
         for _ in range(p.epochs):
             epochs += 1
             epoch_kl = 0.0
             for mb in data.minibatches(rollout.size, self.minibatch_size, self.shuffle, lengths=rollout.lengths):
                 terms = accumulate_gradients(self.fabric, self.policy, self.policy_f, rollout, mb, self.cfg)
+                first_micro = terms.pop("first_micro_ratio_error")
+                if n_steps == 0:  # before any optimizer step: 0 up to round-off when sampling = scoring
+                    start_ratio_error = first_micro
                 grad_norm = self.fabric.clip_gradients(self.policy_f, self.optimizer, max_norm=p.max_grad_norm,
                                                        error_if_nonfinite=False)
                 if torch.isfinite(grad_norm):  # device sync, once per optimizer step
@@ -89,6 +92,7 @@ class Learner:
                 break
         out = {k: v / (rollout.size * epochs) for k, v in sums.items()}
         out["explained_variance"] = ppo.explained_variance(rollout.values, rollout.returns)
+        out["start_ratio_error"] = start_ratio_error
         out["skipped_steps"] = float(skipped)
         out["optimizer_steps"] = float(n_steps)
         return out
@@ -118,6 +122,7 @@ def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, ro
 
     Each micro-batch's loss is a sum scaled by 1 / len(mb), so the accumulated
     gradient equals one pass over the whole minibatch, whatever the micro size.
+    Also ``first_micro_ratio_error``: mean |ratio - 1| over the first micro-batch.
     """
     p = cfg.ppo
     micro = mb.split(p.micro_batch_size)
@@ -139,4 +144,9 @@ def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, ro
             )
             fabric.backward(terms.total)
         sums += torch.stack([getattr(terms, n).detach().float().cpu() for n in names]) * len(mb)
-    return dict(zip(names, sums.tolist()))  # plain sums over the minibatch's samples
+        if j == 0:
+            ratio = torch.exp(logp.detach() - rollout.logp[idx].to(dev))
+            first_micro = float((ratio - 1).abs().mean())  # device sync, once per minibatch
+    out = dict(zip(names, sums.tolist()))  # plain sums over the minibatch's samples
+    out["first_micro_ratio_error"] = first_micro
+    return out

@@ -73,13 +73,19 @@ def load_vlm(cfg: ModelConfig) -> tuple[Any, Any]:
 
 
 def apply_finetuning(model: nn.Module, cfg: ModelConfig) -> nn.Module:
-    """Make the right parameters trainable: PEFT LoRA adapters (``lora``) or every weight (``full``)."""
+    """Make the right parameters trainable: PEFT LoRA adapters (``lora``) or every weight (``full``).
+
+    Whatever trains is float32, whatever ``model.dtype`` is: Adam's small steps
+    round away in 16 bits (lr 1e-5: ~75% of bfloat16 entries never change).
+    The frozen base stays in ``model.dtype``; compute runs under the trainer's
+    autocast (``trainer.precision=bf16-mixed``).
+    """
     if cfg.gradient_checkpointing:
         _enable_checkpointing(model)
     if cfg.finetune == "full":
         for p in model.parameters():
             p.requires_grad_(True)
-        return model
+        return float32_trainables(model)
 
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
@@ -95,7 +101,15 @@ def apply_finetuning(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     )
     with warnings.catch_warnings():  # PEFT reads a property transformers 5 deprecated
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-        return get_peft_model(model, peft_config)
+        return float32_trainables(get_peft_model(model, peft_config))
+
+
+def float32_trainables(model: nn.Module) -> nn.Module:
+    """Cast every trainable parameter to float32 in place (before any wrapper such as DDP sees them)."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
@@ -164,6 +178,16 @@ def text_hidden_size(model: nn.Module) -> int:
     if config is None:  # a PEFT wrapper without a config attribute
         config = model.get_base_model().config
     return int(config.get_text_config().hidden_size)
+
+
+def eos_token_ids(model: nn.Module, tokenizer: Any) -> list[int]:
+    """Every id that ends an answer: the tokenizer's EOS first, then the checkpoint's generation config's
+    (chat models end a turn with ``<|im_end|>`` or ``<|eot_id|>`` and list it there)."""
+    ids = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    ids += extra if isinstance(extra, list) else [] if extra is None else [extra]
+    return list(dict.fromkeys(int(i) for i in ids if i is not None))
 
 
 def suppressed_token_ids(processor: Any) -> list[int]:

@@ -17,9 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from agentrl.batching import Prompt, PromptBatcher, TrainInputs
-from agentrl.decoding import Decoder, Generation, Sampler
-from agentrl.models import suppressed_token_ids, text_hidden_size
+from agentrl.decoding import Decoder, Generation, Sampler, last_hidden_state, token_logprobs
+from agentrl.models import eos_token_ids, suppressed_token_ids, text_hidden_size
 from agentrl.ppo import token_weights
+
+LOGIT_CHUNK = 64
+"""Answer positions whose (B, chunk, vocab) float32 logits exist at once in the teacher-forced forward."""
 
 
 class ValueHead(nn.Module):
@@ -37,7 +40,8 @@ class ValueHead(nn.Module):
         self.net = nn.Sequential(*layers, last).float()
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.net(h.float()).squeeze(-1)
+        with torch.autocast(h.device.type, enabled=False):  # float32 under bf16 autocast too
+            return self.net(h.float()).squeeze(-1)
 
 
 class PolicyModule(L.LightningModule):
@@ -64,7 +68,7 @@ class PolicyModule(L.LightningModule):
         self.value_head = ValueHead(text_hidden_size(model), value_hidden)
         self.batcher = PromptBatcher(model, processor, image_size=image_size, share_prefix=share_prefix)
         self.sampler = Sampler(temperature=temperature, top_p=top_p, bad_ids=suppressed_token_ids(processor),
-                               eos_id=self.tokenizer.eos_token_id)
+                               eos_ids=eos_token_ids(model, self.tokenizer))
         self.decoder = Decoder(model, self.batcher, self.sampler, self.value_head, max_new_tokens=max_new_tokens)
 
     @classmethod
@@ -128,21 +132,24 @@ class PolicyModule(L.LightningModule):
     def forward(self, inputs: TrainInputs, with_entropy: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher-forced pass: per-token log-probs (B, L), values (B,), mean token entropy (B,).
 
-        Log-probs come from temperature-scaled logits, as the tokens were sampled.
-        One forward gives both the actor's and the critic's outputs.
+        Log-probs come from temperature-scaled float32 logits of the last hidden
+        state, as the tokens were sampled (:mod:`agentrl.decoding`), a chunk of
+        answer positions at a time. One forward gives both the actor's and the
+        critic's outputs.
         """
         model_inputs = self.batcher.model_kwargs(inputs.model_inputs, inputs.prefix, self.device)
         gen = inputs.gen_ids.to(self.device)
-        length = gen.shape[1]
-        out = self.model(**model_inputs, output_hidden_states=True, use_cache=inputs.prefix is not None,
-                         logits_to_keep=length + 1)
-        logits = out.logits[:, :-1].float() / self.sampler.temperature  # position P-1+t predicts answer token t
-        logp_all = torch.log_softmax(logits, dim=-1)
-        token_logp = logp_all.gather(-1, gen.unsqueeze(-1)).squeeze(-1)
-        values = self.value_head(out.hidden_states[-1][:, inputs.prompt_len - 1])
-        weights = inputs.weights.to(self.device)
+        length, start = gen.shape[1], inputs.prompt_len - 1  # position P-1+t predicts answer token t
+        with last_hidden_state(self.model) as hidden:
+            self.model(**model_inputs, use_cache=inputs.prefix is not None, logits_to_keep=1)
+        answer = hidden[-1][:, start : start + length]
+        values = self.value_head(hidden[-1][:, start])
+        head, temperature = self.decoder.head, self.sampler.temperature
+        token_logp = torch.cat([token_logprobs(head(answer[:, lo : lo + LOGIT_CHUNK]), gen[:, lo : lo + LOGIT_CHUNK],
+                                               temperature) for lo in range(0, length, LOGIT_CHUNK)], dim=1)
         if with_entropy:
-            valid = (weights > 0).float()
+            logp_all = torch.log_softmax(head(answer) / temperature, dim=-1)
+            valid = (inputs.weights.to(self.device) > 0).float()
             ent = -(logp_all.exp() * logp_all).sum(-1)
             entropy = (ent * valid).sum(-1) / valid.sum(-1).clamp(min=1)
         else:
@@ -154,8 +161,9 @@ class PolicyModule(L.LightningModule):
         """V(o) (B,) for prompts alone (bootstrapping a truncated or unfinished episode)."""
         prefix, prompts = self.batcher.split_prefix(prompts)
         batch = self.batcher.model_kwargs(self.batcher.collate(prompts), prefix, self.device)
-        out = self.model(**batch, output_hidden_states=True, use_cache=prefix is not None, logits_to_keep=1)
-        return self.value_head(out.hidden_states[-1][:, -1]).float().cpu()
+        with last_hidden_state(self.model) as hidden:
+            self.model(**batch, use_cache=prefix is not None, logits_to_keep=1)
+        return self.value_head(hidden[-1][:, -1]).float().cpu()
 
     def freeze_unreachable(self, prompt: Prompt) -> list[str]:
         """Freeze trainable parameters the loss cannot reach; returns their names.

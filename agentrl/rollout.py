@@ -147,7 +147,7 @@ class RolloutDataModule:
         return cls(
             cfg.steps_per_env(world_size), seed=cfg.seed + 100_003 * rank, cot=cfg.prompt.cot,
             failure_penalty=cfg.parser.failure_penalty, score_batch_size=cfg.ppo.micro_batch_size,
-            kl_coef=cfg.policy.kl_coef, logprobs_from=cfg.rollout.logprobs_from, history=cfg.prompt.history,
+            kl_coef=cfg.policy.kl_coef, logprobs_from=cfg.logprobs_from, history=cfg.prompt.history,
         )
 
     def connect(self, policy: PolicyModule, envs: EnvModule, template: PromptTemplate,

@@ -47,6 +47,7 @@ from torch import Tensor
 from agentrl.batching import Prompt
 from agentrl.checkpoint import run_meta, save_checkpoint
 from agentrl.config import Config, ConfigError, to_yaml
+from agentrl.distributed import make_fabric
 from agentrl.envs.base import EnvObs
 from agentrl.policy import PolicyModule
 from agentrl.prompts import PromptTemplate
@@ -278,15 +279,22 @@ def perception(example: Example) -> Example:
 
 
 def train(policy: PolicyModule, data: list[Encoded], cfg: Config, console: Console | None = None,
-          warmup: list[Encoded] | None = None) -> dict[str, float]:
+          warmup: list[Encoded] | None = None, fabric: Any = None) -> dict[str, float]:
     """``sft.perception_epochs`` passes over ``warmup``, then ``sft.epochs`` over ``data`` (Adam, one cosine).
 
-    Returns the last epoch's mean loss and token accuracy, seconds and steps.
+    Runs on ``fabric`` (default: one process on ``trainer.accelerator`` at ``trainer.precision``).
+    With several processes each takes its share of every batch (every rank holds the same examples)
+    and DDP averages the gradients. Returns the last epoch's mean loss and token accuracy (over all
+    ranks), seconds and steps.
     """
     s = cfg.sft
+    if fabric is None:
+        fabric = make_fabric(cfg.trainer, devices=1)
+    rank, world = fabric.global_rank, fabric.world_size
+    policy.to(fabric.device)
     model = policy.model
     model.train()
-    optimizer = torch.optim.Adam(param_groups(model, s.lr, s.vision_lr))
+    model_f, optimizer = fabric.setup(model, torch.optim.Adam(param_groups(model, s.lr, s.vision_lr)))
     stages = [("perception", warmup or [])] * s.perception_epochs + [("", data)] * s.epochs
     stages = [(name, d) for name, d in stages if d]
     total = sum(math.ceil(len(d) / s.batch_size) for _, d in stages)
@@ -295,7 +303,7 @@ def train(policy: PolicyModule, data: list[Encoded], cfg: Config, console: Conso
     gen = torch.Generator().manual_seed(cfg.seed)
     progress = Progress(TextColumn("[bold]SFT"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-                        console=console or Console(stderr=True))
+                        console=console or Console(stderr=True), disable=rank != 0)
     task = progress.add_task("sft", total=total, status="")
     sums = {"loss": 0.0, "token_accuracy": 0.0}
     t0 = time.perf_counter()
@@ -303,14 +311,18 @@ def train(policy: PolicyModule, data: list[Encoded], cfg: Config, console: Conso
         for epoch, (stage, epoch_data) in enumerate(stages):
             sums = {"loss": 0.0, "token_accuracy": 0.0}
             for idx in torch.randperm(len(epoch_data), generator=gen).split(s.batch_size):
-                inputs, labels = collate(policy, [epoch_data[i] for i in idx.tolist()])
-                loss, acc = sft_loss(model, inputs, labels)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], s.max_grad_norm)
+                mine = idx[rank::world] if len(idx) >= world else idx[:1]  # a batch smaller than the world repeats
+                inputs, labels = collate(policy, [epoch_data[i] for i in mine.tolist()])
+                loss, acc = sft_loss(model_f, inputs, labels)
+                fabric.backward(loss)
+                fabric.clip_gradients(model_f, optimizer, max_norm=s.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
-                loss_f, acc_f = float(loss.detach()), float(acc.detach())  # device sync, once per step
+                both = torch.stack([loss.detach().float(), acc.detach().float()])
+                if world > 1:
+                    both = fabric.all_reduce(both, reduce_op="mean")
+                loss_f, acc_f = both.tolist()  # device sync, once per step
                 sums["loss"] += loss_f * len(idx)
                 sums["token_accuracy"] += acc_f * len(idx)
                 progress.update(task, advance=1, status=f"epoch {epoch + 1}/{len(stages)} {stage}  "
@@ -322,26 +334,35 @@ def train(policy: PolicyModule, data: list[Encoded], cfg: Config, console: Conso
 
 
 def sft(cfg: Config, argv: list[str] | None = None) -> Path:
-    """Run SFT as configured; returns the checkpoint directory (``<trainer.out_dir>/checkpoints/sft``)."""
+    """Run SFT as configured; returns the checkpoint directory (``<trainer.out_dir>/checkpoints/sft``).
+
+    Through Fabric like ``fit``: ``trainer.accelerator``, ``devices`` (DDP over several), ``precision``.
+    """
     from transformers.utils import logging as hf_logging
 
     from agentrl.fit import set_threads
 
     hf_logging.disable_progress_bar()
-    set_threads(cfg.trainer.num_threads, 1)
+    fabric = make_fabric(cfg.trainer)
+    fabric.launch()
+    set_threads(cfg.trainer.num_threads, fabric.world_size)
     torch.manual_seed(cfg.seed)
-    console = Console(stderr=True)
+    console = Console(stderr=True, quiet=not fabric.is_global_zero)
     policy = build_policy(cfg)
     examples = load_examples(cfg)
     console.log(f"sft: {len(examples)} examples from {cfg.sft.data}; e.g. {examples[0].answer}")
     warmup = encode(policy, [perception(e) for e in examples]) if cfg.sft.perception_epochs else None
-    metrics = train(policy, encode(policy, examples), cfg, console, warmup)
+    if fabric.world_size > 1:  # DDP needs every trainable parameter to get a gradient
+        policy.to(fabric.device).freeze_unreachable(encode(policy, examples[:1])[0].prompt)
+    metrics = train(policy, encode(policy, examples), cfg, console, warmup, fabric=fabric)
     out_dir = Path(cfg.trainer.out_dir)
     meta = run_meta(list(argv or sys.argv))
     state = {"format_version": 1, "kind": "sft", "update": 0, "metrics": metrics}
-    ckpt = save_checkpoint(out_dir / "checkpoints" / "sft", policy=policy, trainer_state=state,
-                           config_yaml=to_yaml(cfg), meta=meta)
-    (ckpt / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
+    ckpt = out_dir / "checkpoints" / "sft"
+    if fabric.is_global_zero:
+        save_checkpoint(ckpt, policy=policy, trainer_state=state, config_yaml=to_yaml(cfg), meta=meta)
+        (ckpt / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
+    fabric.barrier()
     console.log(f"sft: loss {metrics['loss']:.4f}, token accuracy {metrics['token_accuracy']:.1%} in "
                 f"{metrics['seconds']:.0f} s; checkpoint {ckpt} (start PPO with policy.init_from={ckpt})")
     return ckpt

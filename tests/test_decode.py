@@ -210,3 +210,72 @@ def test_growing_cache_layer_is_concatenation():
         got_k, got_v = layer.update(k, v)
         assert torch.equal(got_k, torch.cat(keys, 2)) and torch.equal(got_v, torch.cat(values, 2))
         assert layer.get_seq_length() == got_k.shape[2]
+
+
+# ---------------------------------------------------------------- sampling equals scoring
+
+
+def test_every_eos_id_stops_a_row(setup):
+    """A chat model ends turns with its own token too: each id of the list ends the answer where it appears."""
+    policy, _, prompts = setup
+    sampler = policy.sampler
+    saved = sampler.eos_ids
+    try:
+        sampler.eos_ids = [policy.tokenizer.vocab_size + 10]  # never produced: full-length greedy answers
+        full = [g.tolist() for g in policy.generate(prompts, greedy=True).ids]
+        # a: a token of row 0 not in row 1's answer; b: a later token of row 1 not in row 0 before a
+        a = next(t for t in full[0][1:] if t not in full[1])
+        cut0 = full[0].index(a)
+        b = next(t for t in full[1][1:] if t not in full[0][: cut0 + 1])
+        for own in (True, False):
+            policy.decoder.own_loop = policy.batcher.verified = own
+            sampler.eos_ids = [a, b]
+            got = [g.tolist() for g in policy.generate(prompts, greedy=True).ids]
+            for row, ids in zip(full, got):
+                stop = min(row.index(t) for t in (a, b) if t in row) if {a, b} & set(row) else len(row) - 1
+                assert ids == row[: stop + 1], own
+            assert got[0][-1] == a and got[1][-1] == b
+    finally:
+        sampler.eos_ids = saved
+        policy.decoder.own_loop = policy.batcher.verified = True
+
+
+def test_eos_ids_include_the_generation_configs(setup):
+    from agentrl.policy import PolicyModule
+
+    policy, _, _ = setup
+    config = policy.model.generation_config
+    saved = config.eos_token_id
+    try:
+        config.eos_token_id = [policy.tokenizer.eos_token_id, 7]
+        other = PolicyModule(policy.model, policy.processor, thought_coef=0.5, value_hidden=[8], temperature=1.0)
+        assert other.sampler.eos_ids == [policy.tokenizer.eos_token_id, 7]
+    finally:
+        config.eos_token_id = saved
+
+
+def test_checkpoint_logits_processors_do_not_shape_generate(setup):
+    """A repetition penalty or n-gram ban in the checkpoint's generation config would make transformers'
+    generate sample another distribution than the one scored; agentrl's own loop applies none."""
+    policy, _, prompts = setup
+    config = policy.model.get_base_model().generation_config if hasattr(policy.model, "get_base_model") \
+        else policy.model.generation_config
+    own = policy.generate(prompts, greedy=True).ids
+    config.repetition_penalty, config.no_repeat_ngram_size = 10.0, 1
+    try:
+        policy.decoder.own_loop = policy.batcher.verified = False
+        hf = policy.generate(prompts, greedy=True).ids
+    finally:
+        config.repetition_penalty, config.no_repeat_ngram_size = 1.0, 0
+        policy.decoder.own_loop = policy.batcher.verified = True
+    assert any(len(set(g.tolist())) < len(g) for g in own)  # the answers repeat tokens: a penalty would bite
+    assert all(torch.equal(a, b) for a, b in zip(own, hf))
+
+
+def test_fit_refuses_top_p_below_one(tmp_path):
+    from agentrl.config import ConfigError
+    from agentrl.fit import fit
+
+    with pytest.raises(ConfigError, match=r"rollout.top_p=0.9.*rollout.top_p=1"):
+        fit(load_config("conf/numberline.yaml", ["rollout.top_p=0.9", f"trainer.out_dir={tmp_path}"]))
+    assert not (tmp_path / "config.yaml").exists()  # refused before the run dir is written

@@ -156,13 +156,13 @@ def test_init_from_a_fit_checkpoint_starts_from_its_weights(tmp_path, tiny_path)
     assert model_keys and all(torch.equal(params[k], saved[k]) for k in model_keys)
 
 
-def test_bf16_true_keeps_the_value_head_in_float32(tmp_path, tiny_path):
+def test_bf16_mixed_keeps_the_base_bf16_and_what_trains_float32(tmp_path, tiny_path):
     result = fit(load_config(ROOT / "conf/numberline.yaml", [
-        *SMALL, "trainer.max_updates=1", "trainer.precision=bf16-true", "model.dtype=bfloat16",
+        *SMALL, "trainer.max_updates=1", "trainer.precision=bf16-mixed", "model.dtype=bfloat16",
         f"trainer.out_dir={tmp_path / 'run'}"]))
     policy = result.policy
     assert {p.dtype for p in policy.value_head.parameters()} == {torch.float32}
-    assert {p.dtype for p in policy.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in policy.model.parameters()} == {torch.float32}  # a full fine-tune: all of it trains
     assert all(torch.isfinite(p.float()).all() for p in policy.parameters())
     assert result.counters["env_steps"] == 8
 

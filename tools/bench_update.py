@@ -40,7 +40,9 @@ def epoch(fabric: Fabric, policy: Any, policy_f: Any, data: Any, rollout: Any, c
     t0 = time.perf_counter()
     lengths = rollout.lengths if sort else None
     for mb in data.minibatches(rollout.size, cfg.ppo.minibatch_size, order, lengths=lengths):
-        for k, v in accumulate_gradients(fabric, policy, policy_f, rollout, mb, cfg).items():
+        terms = accumulate_gradients(fabric, policy, policy_f, rollout, mb, cfg)
+        terms.pop("first_micro_ratio_error")  # of the first micro-batch: differs with the micro size by design
+        for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v
     if fabric.device.type == "cuda":
         torch.cuda.synchronize()
@@ -53,7 +55,9 @@ def check_same(ref: tuple[dict, dict], got: tuple[dict, dict], micro: int, rtol:
     """Assert loss terms and gradients match micro-batch 1; returns the worst relative gradient error."""
     (t1, g1), (tm, gm) = ref, got
     for k in t1:
-        assert abs(t1[k] - tm[k]) <= rtol * abs(t1[k]) + 1e-4, f"micro {micro}: loss {k} {tm[k]} != {t1[k]}"
+        # absolute slack rtol / 5: the policy loss is a mean of +-A terms that nearly cancel, so at 16 bits its
+        # round-off (~1e-2 per sample) is not small against its value
+        assert abs(t1[k] - tm[k]) <= rtol * abs(t1[k]) + max(1e-4, rtol / 5), f"micro {micro}: loss {k} {tm[k]} != {t1[k]}"
     assert g1.keys() == gm.keys() and g1, f"micro {micro}: different parameters got gradients"
     total = sum(float(g.norm()) ** 2 for g in g1.values()) ** 0.5
     for n in g1:  # per parameter, with a floor for the ones whose gradient is ~0 anyway

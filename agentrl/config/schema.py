@@ -210,13 +210,15 @@ class RolloutConfig:
     """Nucleus sampling threshold."""
     max_new_tokens: int = 256
     """Longest generated answer."""
-    logprobs_from: str = "generate"
-    """Old log-probs and values: "generate" (from the sampling pass itself) or "forward" (a second scoring pass)."""
+    logprobs_from: str = "auto"
+    """Old log-probs and values: "generate" (from the sampling pass itself), "forward" (a second, teacher-forced scoring pass, exactly the update's) or "auto" (generate at 32-true, forward under 16-bit autocast, where the two passes differ by ~1% in ratio)."""
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ConfigError(f"rollout.temperature must be > 0, got {self.temperature}")
-        _check_choice("rollout.logprobs_from", self.logprobs_from, ("generate", "forward"))
+        if not 0.0 < self.top_p <= 1.0:
+            raise ConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
+        _check_choice("rollout.logprobs_from", self.logprobs_from, ("auto", "generate", "forward"))
 
 
 @dataclass
@@ -234,7 +236,7 @@ class TrainerConfig:
     strategy: str = "auto"
     """Fabric strategy: auto, ddp, fsdp, deepspeed."""
     precision: str = "32-true"
-    """Fabric precision: 32-true, bf16-mixed, bf16-true, 16-mixed."""
+    """Fabric precision: 32-true, bf16-mixed or 16-mixed (autocast; what trains stays float32, the frozen base in model.dtype)."""
     out_dir: str = "runs/${env.name}"
     """Where events, checkpoints and the resolved config go."""
     log_every: int = 1
@@ -257,6 +259,12 @@ class TrainerConfig:
     """Training success rate is over the last N episodes (the paper's metric)."""
 
     def __post_init__(self) -> None:
+        if self.precision in ("bf16-true", "16-true", "bf16", "16", "half"):
+            raise ConfigError(
+                f"trainer.precision={self.precision} casts every weight, the LoRA adapters and the value head "
+                f"included, to 16 bits, where Adam's small updates round away; use trainer.precision=bf16-mixed "
+                f"with model.dtype=bfloat16 (the frozen base in bfloat16, trainable weights in float32)")
+        _check_choice("trainer.precision", self.precision, ("32-true", "bf16-mixed", "16-mixed", "32", "64-true"))
         for key, value in (("trainer.collective_timeout_s", self.collective_timeout_s),
                            ("trainer.startup_timeout_s", self.startup_timeout_s)):
             if value <= 0:
@@ -340,6 +348,17 @@ class Config:
                 f"ppo.minibatch_size ({self.ppo.minibatch_size}) exceeds rollout.steps_per_update "
                 f"({self.rollout.steps_per_update}); lower it or collect more steps"
             )
+
+    @property
+    def logprobs_from(self) -> str:
+        """``rollout.logprobs_from`` with "auto" resolved by ``trainer.precision``.
+
+        Measured on the tiny model (bf16-mixed, 48-token answers): mean |ratio - 1| before the first
+        step is 0.6-1.4% from the sampling pass and exactly 0 from a scoring forward.
+        """
+        if self.rollout.logprobs_from != "auto":
+            return self.rollout.logprobs_from
+        return "forward" if self.trainer.precision in ("bf16-mixed", "16-mixed") else "generate"
 
     def steps_per_env(self, world_size: int = 1) -> int:
         """Env steps each environment takes per update when ``world_size`` processes share the work."""

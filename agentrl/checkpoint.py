@@ -209,9 +209,9 @@ def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data:
     return written
 
 
-def resume(fabric: Any, path: str, *, policy: Any, learner: Any, data: Any, run: RunState) -> Path:
+def resume(fabric: Any, path: str | Path, *, policy: Any, learner: Any, data: Any, run: RunState) -> Path:
     """Continue the run saved at ``path`` (a checkpoint or run dir): weights, optimizer, schedule, RNGs, envs."""
-    ckpt = resolve_resume(path)
+    ckpt = resolve_resume(str(path))
     load_trainable(policy, ckpt)
     state = load_trainer_state(ckpt)
     if len(state["ranks"]) != fabric.world_size:
@@ -227,3 +227,60 @@ def resume(fabric: Any, path: str, *, policy: Any, learner: Any, data: Any, run:
     run.counters.update(state["counters"])
     run.update = state["update"]
     return ckpt
+
+
+# ---------------------------------------------------------------- one run per directory
+
+
+class RunDirLock:
+    """An exclusive lock on ``out_dir`` (``out_dir/.lock``, flock): a second run there stops naming the holder.
+
+    The kernel drops the lock when its process dies, kill -9 included, so a
+    stale lock file from a killed run is simply taken over.
+    """
+
+    def __init__(self, out_dir: Path, key: str = "trainer.out_dir") -> None:
+        self.path, self.key = Path(out_dir) / ".lock", key
+        self._file: Any = None
+
+    def __enter__(self) -> RunDirLock:
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")  # noqa: SIM115 (held open for the run)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise ConfigError(f"{self.key}={self.path.parent} is in use by another run ({holder}); wait for it, "
+                              f"stop it, or give this run another {self.key}") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            import fcntl
+
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def resume_target(resume: str | None, out_dir: Path) -> Path | None:
+    """The checkpoint ``trainer.resume`` names, found before anything is written (ConfigError if none).
+
+    ``auto``: the newest complete checkpoint in ``out_dir`` when there is one, else a fresh start,
+    so one command line serves the first start and every restart.
+    """
+    if resume is None:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(Path(out_dir) / "checkpoints")
+    return resolve_resume(resume)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from functools import cache
 
 from agentrl.config import ConfigError, describe_keys, load_config, to_yaml
 
 
+@cache
 def _keys_epilog() -> str:
     rows = describe_keys()
     width = max(len(k) for k, _, _ in rows)
@@ -24,11 +26,17 @@ def _keys_epilog() -> str:
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", help="YAML config (may name 'base: other.yaml')")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, applied last")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, applied last (they may sit anywhere among the options)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
 def _parser() -> argparse.ArgumentParser:
+    return _parsers()[0]
+
+
+def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The root parser and each command's own."""
     fmt = argparse.RawDescriptionHelpFormatter
     root = argparse.ArgumentParser(prog="agentrl", description="Fine-tune VLMs as decision-making agents with PPO.")
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -71,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--per-type", type=int, default=10, help="games per task type and split")
     p.add_argument("--seed", type=int, default=0)
-    return root
+    return root, dict(sub.choices)
 
 
 def _parse_value(text: str) -> object:
@@ -121,12 +129,16 @@ def _fit(cfg, args: argparse.Namespace) -> int:
     from agentrl.distributed import SlowRankError
     from agentrl.fit import fit
     from agentrl.learner import NonFiniteError
+    from agentrl.signals import Preempted
 
     try:
         fit(cfg, argv=sys.argv)
     except (NonFiniteError, SlowRankError, CheckpointWriteError) as e:
         print(f"agentrl fit: stopped: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:  # SIGTERM / SIGINT: checkpointed, 143 / 130 as a killed process would exit
+        print(f"agentrl fit: stopped: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 
@@ -151,8 +163,25 @@ def _sft(cfg, args: argparse.Namespace) -> int:
     return 0
 
 
+OVERRIDE_COMMANDS = ("fit", "eval", "sft", "sweep")
+"""The commands that take a config and dotted overrides."""
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Like ``parse_args``, but a command's ``key=value`` overrides may sit anywhere among its options.
+
+    ``parse_intermixed_args`` cannot run on the root (its subcommand is a positional that takes the rest), so
+    the command's own parser does it, on what follows the command's name.
+    """
+    root, commands = _parsers()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in OVERRIDE_COMMANDS:
+        return commands[argv[0]].parse_intermixed_args(argv[1:], argparse.Namespace(command=argv[0]))
+    return root.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parse_args(argv)
     try:
         return _run(args)
     except ConfigError as e:

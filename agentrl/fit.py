@@ -9,13 +9,24 @@ from __future__ import annotations
 import sys
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.fabric.loggers import TensorBoardLogger
 
-from agentrl.checkpoint import RunState, load_trainable, resolve_resume, resume, run_meta, save_update
+from agentrl.checkpoint import (
+    RunDirLock,
+    RunState,
+    load_trainable,
+    resolve_resume,
+    resume,
+    resume_target,
+    run_meta,
+    save_update,
+)
 from agentrl.config import Config, ConfigError, to_yaml
 from agentrl.distributed import Meeting, make_fabric
 from agentrl.learner import Learner, whiten_global
@@ -23,6 +34,7 @@ from agentrl.policy import PolicyModule
 from agentrl.registry import Components
 from agentrl.report import Reporter, update_metrics
 from agentrl.rollout import RolloutDataModule
+from agentrl.signals import CollectAbandoned, Preempted, StopSignals
 
 
 def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1,
@@ -64,7 +76,11 @@ class FitResult:
 
 
 def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
-    """Train with PPO. Writes events, checkpoints, the resolved config and the command to out_dir."""
+    """Train with PPO. Writes events, checkpoints, the resolved config and the command to out_dir.
+
+    Holds a lock on ``trainer.out_dir`` for the run; SIGTERM or SIGINT stop it after a checkpoint
+    of the last completed update (:class:`~agentrl.signals.Preempted`).
+    """
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
@@ -73,17 +89,25 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
     logger = TensorBoardLogger(root_dir=str(out_dir), name="tensorboard", version="")
     fabric = make_fabric(t, loggers=logger)
     fabric.launch()
-    world, rank = fabric.world_size, fabric.global_rank
-    cfg.check_world_size(world)
+    cfg.check_world_size(fabric.world_size)
     parts = Components.resolve(cfg)  # unknown names fail here, before the run dir is written
     if cfg.rollout.top_p < 1.0:
         raise ConfigError(
             f"rollout.top_p={cfg.rollout.top_p}: PPO's old log-probs must be those of the distribution sampled, and "
             f"the update scores the full tempered softmax, not the nucleus; train with rollout.top_p=1 "
             f"(agentrl eval accepts top_p < 1)")
+    start = resume_target(t.resume, out_dir)  # a bad trainer.resume fails before anything is written
+    with RunDirLock(out_dir) if fabric.is_global_zero else nullcontext(), StopSignals() as stop:
+        return _train(cfg, fabric, logger, parts, start, stop, list(argv or sys.argv))
+
+
+def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Components, start: Path | None,
+           stop: StopSignals, argv: list[str]) -> FitResult:
+    t, out_dir = cfg.trainer, Path(cfg.trainer.out_dir)
+    world, rank = fabric.world_size, fabric.global_rank
     set_threads(t.num_threads, world)
     fabric.seed_everything(cfg.seed, verbose=False)  # identical initial weights on every rank
-    config_yaml, meta = to_yaml(cfg), run_meta(list(argv or sys.argv))
+    config_yaml, meta = to_yaml(cfg), run_meta(argv)
     if fabric.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(config_yaml)
@@ -95,19 +119,31 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
     torch.manual_seed(cfg.seed + 7919 * rank)  # per-rank sampling stream
     meeting = Meeting(world, t.collective_timeout_s)
     run = RunState(window=deque(maxlen=t.success_window))
-    if t.resume:
-        ckpt = resume(fabric, t.resume, policy=policy, learner=learner, data=data, run=run)
-        fabric.print(f"resumed from {ckpt} at update {run.update}")
+    last_ckpt = None
+    if start is not None:
+        last_ckpt = resume(fabric, start, policy=policy, learner=learner, data=data, run=run)
+        fabric.print(f"resumed from {last_ckpt} at update {run.update}")
 
     reporter = Reporter(fabric, logger, total=t.max_updates, start=run.update)
     metrics: dict[str, float] = {}
-    last_ckpt: Path | None = None
+    saved_at = run.update
+
+    def checkpoint() -> Path | None:
+        return save_update(fabric, out_dir / "checkpoints" / f"update_{run.update:06d}", policy=policy,
+                           learner=learner, data=data, run=run, config_yaml=config_yaml, meta=meta)
+
     while run.update < t.max_updates:
         t0 = time.perf_counter()
         # 1-2. collect a fixed number of env steps per rank and score them (old log-probs and values)
+        before = (data.state_dict(), torch.get_rng_state()) if world == 1 else None  # to abandon it on a signal
         policy.eval()
-        with fabric.autocast():
-            rollout = data.collect()
+        try:
+            with fabric.autocast():
+                rollout = data.collect(should_stop=stop.local if world == 1 else None)
+        except CollectAbandoned:
+            data.load_state_dict(before[0], update=run.update)
+            torch.set_rng_state(before[1])
+            break
         t_collect = time.perf_counter() - t0
         meeting.wait("collecting rollouts")  # every rank meets here, or the slow one is named
 
@@ -132,9 +168,17 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
         metrics["lr"] = learner.lr
         reporter.update(run.update, metrics, rollout, run.counters, every=t.log_every, image_every=t.image_log_every)
         if run.update == t.max_updates or (t.checkpoint_every and run.update % t.checkpoint_every == 0):
-            last_ckpt = save_update(fabric, out_dir / "checkpoints" / f"update_{run.update:06d}", policy=policy,
-                                    learner=learner, data=data, run=run, config_yaml=config_yaml,
-                                    meta=meta) or last_ckpt
+            last_ckpt, saved_at = checkpoint() or last_ckpt, run.update
+        if stop.agreed(fabric):  # every rank the same answer: they leave the loop together
+            break
+    signum = stop.agreed(fabric)
+    if signum is not None and run.update < t.max_updates:
+        if saved_at != run.update:  # the last completed update is not on disk yet
+            last_ckpt = checkpoint() or last_ckpt
+        data.envs.close()
+        reporter.finish(metrics, run.counters, out_dir, last_ckpt)
+        logger.finalize("preempted")
+        raise Preempted(signum, last_ckpt if fabric.is_global_zero else None, run.update)
     data.envs.close()
     reporter.finish(metrics, run.counters, out_dir, last_ckpt)
     logger.finalize("success")

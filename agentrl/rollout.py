@@ -15,7 +15,7 @@ episode's earlier steps (``prompt.history``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ from agentrl.envs.base import EnvModule, EnvObs, EpisodeStats
 from agentrl.parsing import ActionParser, action_span_start
 from agentrl.policy import PolicyModule
 from agentrl.prompts import PromptTemplate, Step
+from agentrl.signals import CollectAbandoned
 
 
 @dataclass
@@ -178,8 +179,12 @@ class RolloutDataModule:
     # ------------------------------------------------------------ 1. collect
 
     @torch.no_grad()
-    def collect(self) -> Rollout:
-        """Step every env ``steps_per_env`` times with the current policy, then score."""
+    def collect(self, should_stop: Callable[[], bool] | None = None) -> Rollout:
+        """Step every env ``steps_per_env`` times with the current policy, then score.
+
+        ``should_stop`` is asked before every env step; when it says so the rollout is abandoned
+        (:class:`~agentrl.signals.CollectAbandoned`), the caller restores the state it saved.
+        """
         if self._obs is None:
             self._reset()
         T, N = self.steps_per_env, self.envs.num_envs
@@ -195,6 +200,8 @@ class RolloutDataModule:
         gen_logp: list[Tensor] = []
         gen_values: list[Tensor] = []
         for t in range(T):
+            if should_stop is not None and should_stop():
+                raise CollectAbandoned(f"stopped before env step {t} of {T}")
             step_prompts = self._prompts or self.encode_all(self._obs)
             self._prompts = None
             t0 = time.perf_counter()

@@ -210,9 +210,9 @@ def test_fit_collects_in_eval_mode_and_updates_in_train_mode(tmp_path, tiny_path
     seen = []
     collect, update = RolloutDataModule.collect, F.Learner.update
 
-    def spy_collect(self):
+    def spy_collect(self, *args, **kwargs):
         seen.append(("collect", self.policy.model.training))
-        return collect(self)
+        return collect(self, *args, **kwargs)
 
     def spy_update(self, *args, **kwargs):
         seen.append(("update", self.policy.model.training))

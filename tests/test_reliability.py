@@ -185,3 +185,84 @@ def test_dead_alfworld_worker_is_restarted_alone():
         assert all(p.is_alive() for p in m._workers.procs)
     finally:
         m.close()
+
+
+# ---------------------------------------------------------------- preemption, one run per dir, resume=auto
+
+
+def test_sigterm_mid_collect_checkpoints_the_last_update_and_resume_is_exact(tmp_path, tiny_path, monkeypatch):
+    """The signal lands in update 2's rollout: update 1 is saved as it was, and resuming gives update 2 exactly."""
+    from agentrl.envs.gym_cards import NumberLineModule
+    from agentrl.signals import Preempted
+
+    common = ["trainer.max_updates=2", "trainer.checkpoint_every=0", "rollout.steps_per_update=8"]
+    straight = tmp_path / "straight"
+    fit(_cfg(tmp_path, *common, f"trainer.out_dir={straight}"))
+
+    steps = {"n": 0}
+    step = NumberLineModule.step
+
+    def step_then_signal(self, actions):
+        steps["n"] += 1
+        if steps["n"] == 6:  # update 2 (4 steps per env and update), second env step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, actions)
+
+    monkeypatch.setattr(NumberLineModule, "step", step_then_signal)
+    run = tmp_path / "stopped"
+    with pytest.raises(Preempted, match="SIGTERM received.*update_000001 holds update 1") as stopped:
+        fit(_cfg(tmp_path, *common, f"trainer.out_dir={run}"))
+    assert stopped.value.exit_code == 143 and steps["n"] == 6  # the rollout stopped at the next env step
+    assert checkpoint.load_trainer_state(run / "checkpoints" / "update_000001")["update"] == 1
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    monkeypatch.setattr(NumberLineModule, "step", step)
+    fit(_cfg(tmp_path, *common, f"trainer.out_dir={run}", "trainer.resume=auto"))
+    a = torch.load(straight / "checkpoints/update_000002/trainable.pt", weights_only=True)
+    b = torch.load(run / "checkpoints/update_000002/trainable.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_run_in_the_same_dir_is_refused(tmp_path, tiny_path):
+    out = tmp_path / "run"
+    with checkpoint.RunDirLock(out):
+        proc = subprocess.run([sys.executable, "-m", "agentrl.cli", "fit", "-c", str(ROOT / "conf/numberline.yaml"),
+                               *SMALL, "trainer.max_updates=1", f"trainer.out_dir={out}"],
+                              capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"is in use by another run (pid {os.getpid()} on" in proc.stderr
+    assert not (out / "config.yaml").exists()  # nothing of the holder's run was touched
+    (out / ".lock").write_text("pid 999999 on a-killed-host\n")  # a stale lock: nobody holds it
+    fit(_cfg(tmp_path, "trainer.max_updates=1", f"trainer.out_dir={out}"))
+    assert (out / "checkpoints" / "update_000001").is_dir()
+
+
+def test_resume_auto_starts_then_continues_and_a_missing_resume_dir_writes_nothing(tmp_path, tiny_path):
+    from agentrl.config import ConfigError
+
+    out = tmp_path / "run"
+    first = fit(_cfg(tmp_path, "trainer.max_updates=1", "trainer.resume=auto", f"trainer.out_dir={out}"))
+    assert first.counters["env_steps"] == 4
+    again = fit(_cfg(tmp_path, "trainer.max_updates=2", "trainer.resume=auto", f"trainer.out_dir={out}"))
+    assert again.counters["env_steps"] == 8  # continued from update 1
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ConfigError, match="trainer.resume"):
+        fit(_cfg(tmp_path, f"trainer.resume={fresh}", f"trainer.out_dir={fresh}"))
+    assert not fresh.exists()  # nothing written
+
+
+@pytest.mark.integration
+def test_sigterm_to_the_cli_exits_143_naming_the_checkpoint(tmp_path, tiny_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "agentrl.cli", "fit", "-c", str(ROOT / "conf/numberline.yaml"), *SMALL,
+           "trainer.max_updates=200", "trainer.checkpoint_every=0", f"trainer.out_dir={out}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    events = out / "tensorboard"
+    deadline = time.time() + 300
+    while not (events.is_dir() and any(events.iterdir())) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the first update has been logged
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 143, err[-3000:]
+    ckpt = checkpoint.latest_checkpoint(out / "checkpoints")
+    assert ckpt is not None and f"continue with trainer.resume={ckpt}" in err
+    assert checkpoint.load_trainer_state(ckpt)["update"] >= 1

@@ -15,11 +15,13 @@ continues from that exactly.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import subprocess
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +99,30 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         prev = latest_checkpoint(ckpt_dir.parent)
         kept = f"the previous checkpoint {prev} is intact" if prev else "no earlier checkpoint exists"
-        raise CheckpointWriteError(f"could not write checkpoint {ckpt_dir} ({e}); {kept}") from e
+        full = getattr(e, "errno", None) == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(e)
+        why = (f"the disk is full (no space left on the device of {ckpt_dir.parent}): free space, or keep fewer "
+               f"checkpoints with trainer.keep_checkpoints; " if full else "")
+        raise CheckpointWriteError(f"could not write checkpoint {ckpt_dir}: {why}{e}; {kept}") from e
     return ckpt_dir
+
+
+def prune(ckpts: Path, keep: int | None) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints (never the one ``latest`` names); returns them."""
+    if keep is None:
+        return []
+    newest = latest_checkpoint(ckpts)
+    old = [c for c in complete_checkpoints(ckpts) if c != newest][max(keep - 1, 0):]
+    for c in old:
+        shutil.rmtree(c, ignore_errors=True)
+    return old
+
+
+def clean_stale(ckpts: Path) -> list[Path]:
+    """Remove what killed writes leave (``.tmp-*`` dirs and pointer temp files); call with the run dir locked."""
+    stale = [p for p in Path(ckpts).glob(".tmp-*")] + list(Path(ckpts).glob(".latest.tmp-*"))
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
 
 
 def export_hf(policy: Any, out: Path) -> None:
@@ -119,12 +143,30 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def latest_checkpoint(ckpts: Path) -> Path | None:
-    """The checkpoint ``ckpts/latest`` names, if it is complete."""
-    pointer = Path(ckpts) / "latest"
-    if not pointer.is_file():
-        return None
-    path = Path(ckpts) / pointer.read_text().strip()
-    return path if (path / "trainer_state.pt").is_file() else None
+    """The checkpoint ``ckpts/latest`` names if it is complete, else the newest complete ``update_*`` dir."""
+    found = complete_checkpoints(ckpts)
+    return found[0] if found else None
+
+
+def complete_checkpoints(ckpts: Path) -> list[Path]:
+    """Complete checkpoints in ``ckpts``, newest first: the one ``latest`` names, then ``update_*`` by number.
+
+    A ``latest`` that is unreadable (binary bytes, a name with a slash) is ignored.
+    """
+    ckpts = Path(ckpts)
+    named: list[Path] = []
+    try:
+        name = (ckpts / "latest").read_text().strip()
+        if name and "/" not in name and "\0" not in name:
+            named = [ckpts / name]
+    except (OSError, UnicodeDecodeError):
+        pass
+    numbered = sorted(ckpts.glob("update_*"), reverse=True) if ckpts.is_dir() else []
+    out = []
+    for path in named + numbered:
+        if path not in out and (path / "trainer_state.pt").is_file():
+            out.append(path)
+    return out
 
 
 def resolve_resume(path: str, key: str = "trainer.resume") -> Path:
@@ -142,13 +184,21 @@ def resolve_resume(path: str, key: str = "trainer.resume") -> Path:
     )
 
 
-def load_trainable(policy: torch.nn.Module, ckpt: Path, value_head: bool = True) -> None:
-    """Load trainable.pt into ``policy``; every trainable parameter must be present with its shape.
+def load_trainable(policy: torch.nn.Module, ckpt: Path, value_head: bool = True,
+                   state: dict[str, torch.Tensor] | None = None) -> None:
+    """Load trainable.pt (or ``state``, already loaded from it) into ``policy``; every trainable parameter
+    must be present with its shape.
 
     ``value_head=False`` (``policy.init_from``, eval) also accepts a checkpoint without the value
     head, such as sft's: the policy keeps its fresh one.
     """
-    state = torch.load(Path(ckpt) / "trainable.pt", map_location="cpu", weights_only=True)
+    if state is None:
+        path = Path(ckpt) / "trainable.pt"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # missing, truncated or corrupt
+            raise ConfigError(f"checkpoint file {path} does not load ({type(e).__name__}: {e}); "
+                              f"it is damaged: use an earlier checkpoint") from None
     params = dict(policy.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
     if not value_head and not any(n.startswith("value_head.") for n in state):
@@ -192,7 +242,7 @@ class RunState:
 
 
 def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data: Any, run: RunState,
-                config_yaml: str, meta: dict[str, Any]) -> Path | None:
+                config_yaml: str, meta: dict[str, Any], keep: int | None = None) -> Path | None:
     """Checkpoint after ``run.update`` updates: every rank's env, sampling and shuffle state, written by rank 0.
 
     Every rank calls it (it gathers and meets); returns the directory on rank 0, else None.
@@ -205,15 +255,38 @@ def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data:
         state = {"format_version": FORMAT_VERSION, "update": run.update, "optimizer": learner.optimizer.state_dict(),
                  "scheduler": learner.scheduler.state_dict(), "counters": dict(run.counters), "ranks": ranks}
         written = save_checkpoint(ckpt_dir, policy=policy, trainer_state=state, config_yaml=config_yaml, meta=meta)
+        prune(ckpt_dir.parent, keep)  # trainer.keep_checkpoints
     fabric.barrier()
     return written
 
 
-def resume(fabric: Any, path: str | Path, *, policy: Any, learner: Any, data: Any, run: RunState) -> Path:
-    """Continue the run saved at ``path`` (a checkpoint or run dir): weights, optimizer, schedule, RNGs, envs."""
-    ckpt = resolve_resume(str(path))
-    load_trainable(policy, ckpt)
-    state = load_trainer_state(ckpt)
+def resume(fabric: Any, candidates: list[Path], *, policy: Any, learner: Any, data: Any, run: RunState) -> Path:
+    """Continue from the first readable of ``candidates`` (newest first): weights, optimizer, schedule, RNGs, envs.
+
+    A checkpoint whose files do not load (truncated, corrupt) is reported with its path and the
+    next one is tried; none readable is a ConfigError listing each and why.
+    """
+    problems = []
+    for ckpt in candidates:
+        try:
+            trainable = torch.load(Path(ckpt) / "trainable.pt", map_location="cpu", weights_only=True)
+            state = torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated or corrupt file: torch raises many kinds
+            problems.append(f"{ckpt}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            warnings.warn(f"checkpoint {ckpt} is unreadable ({problems[-1].split(': ', 1)[1]}); "
+                          f"trying the previous complete one", stacklevel=2)
+            continue
+        _apply(fabric, Path(ckpt), trainable, state, policy=policy, learner=learner, data=data, run=run)
+        return Path(ckpt)
+    raise ConfigError("trainer.resume: no readable checkpoint (" + "; ".join(problems) + ")")
+
+
+def _apply(fabric: Any, ckpt: Path, trainable: dict[str, Any], state: dict[str, Any], *, policy: Any,
+           learner: Any, data: Any, run: RunState) -> None:
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"checkpoint {ckpt} has format version {state.get('format_version')}; this agentrl "
+                          f"reads {FORMAT_VERSION}")
+    load_trainable(policy, ckpt, state=trainable)
     if len(state["ranks"]) != fabric.world_size:
         raise ConfigError(f"checkpoint {ckpt} was written by {len(state['ranks'])} processes; resume it with "
                           f"trainer.devices={len(state['ranks'])}")
@@ -226,7 +299,6 @@ def resume(fabric: Any, path: str | Path, *, policy: Any, learner: Any, data: An
     run.window.extend(mine["window"])
     run.counters.update(state["counters"])
     run.update = state["update"]
-    return ckpt
 
 
 # ---------------------------------------------------------------- one run per directory
@@ -273,14 +345,19 @@ class RunDirLock:
             self._file = None
 
 
-def resume_target(resume: str | None, out_dir: Path) -> Path | None:
-    """The checkpoint ``trainer.resume`` names, found before anything is written (ConfigError if none).
+def resume_target(resume: str | None, out_dir: Path) -> list[Path]:
+    """The checkpoints ``trainer.resume`` names, newest first, found before anything is written.
 
-    ``auto``: the newest complete checkpoint in ``out_dir`` when there is one, else a fresh start,
-    so one command line serves the first start and every restart.
+    A checkpoint dir: itself. A run dir: its complete checkpoints (the one ``latest`` names first),
+    ConfigError if none. ``auto``: out_dir's, or none (a fresh start), so one command line serves the
+    first start and every restart.
     """
     if resume is None:
-        return None
+        return []
     if resume == "auto":
-        return latest_checkpoint(Path(out_dir) / "checkpoints")
-    return resolve_resume(resume)
+        return complete_checkpoints(Path(out_dir) / "checkpoints")
+    path = Path(resume).expanduser()
+    if (path / "trainer_state.pt").is_file():
+        return [path]
+    found = complete_checkpoints(path / "checkpoints") or complete_checkpoints(path)
+    return found or [resolve_resume(resume)]  # resolve_resume raises the ConfigError that says what is missing

@@ -20,6 +20,7 @@ from lightning.fabric.loggers import TensorBoardLogger
 from agentrl.checkpoint import (
     RunDirLock,
     RunState,
+    clean_stale,
     load_trainable,
     resolve_resume,
     resume,
@@ -101,7 +102,7 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
         return _train(cfg, fabric, logger, parts, start, stop, list(argv or sys.argv))
 
 
-def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Components, start: Path | None,
+def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Components, start: list[Path],
            stop: StopSignals, argv: list[str]) -> FitResult:
     t, out_dir = cfg.trainer, Path(cfg.trainer.out_dir)
     world, rank = fabric.world_size, fabric.global_rank
@@ -110,6 +111,7 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
     config_yaml, meta = to_yaml(cfg), run_meta(argv)
     if fabric.is_global_zero:
         out_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale(out_dir / "checkpoints")  # what killed writes left (this run holds the lock)
         (out_dir / "config.yaml").write_text(config_yaml)
         (out_dir / "command.txt").write_text(" ".join(meta["argv"]) + f"\n# git {meta['git_sha']}\n")
 
@@ -120,7 +122,7 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
     meeting = Meeting(world, t.collective_timeout_s)
     run = RunState(window=deque(maxlen=t.success_window))
     last_ckpt = None
-    if start is not None:
+    if start:
         last_ckpt = resume(fabric, start, policy=policy, learner=learner, data=data, run=run)
         fabric.print(f"resumed from {last_ckpt} at update {run.update}")
 
@@ -130,7 +132,8 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
 
     def checkpoint() -> Path | None:
         return save_update(fabric, out_dir / "checkpoints" / f"update_{run.update:06d}", policy=policy,
-                           learner=learner, data=data, run=run, config_yaml=config_yaml, meta=meta)
+                           learner=learner, data=data, run=run, config_yaml=config_yaml, meta=meta,
+                           keep=t.keep_checkpoints)
 
     while run.update < t.max_updates:
         t0 = time.perf_counter()

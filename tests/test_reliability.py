@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -266,3 +267,50 @@ def test_sigterm_to_the_cli_exits_143_naming_the_checkpoint(tmp_path, tiny_path)
     ckpt = checkpoint.latest_checkpoint(out / "checkpoints")
     assert ckpt is not None and f"continue with trainer.resume={ckpt}" in err
     assert checkpoint.load_trainer_state(ckpt)["update"] >= 1
+
+
+# ---------------------------------------------------------------- damaged checkpoints, pruning, a full disk
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_path):
+    out = tmp_path / "run"
+    fit(_cfg(tmp_path, "trainer.max_updates=2", "trainer.checkpoint_every=1", f"trainer.out_dir={out}"))
+    ckpts = out / "checkpoints"
+    damaged = ckpts / "update_000002" / "trainable.pt"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a truncated write
+    (ckpts / "latest").write_bytes(b"\xff\xfe\x00garbage")  # and a pointer of binary bytes
+    (ckpts / ".tmp-update_000003-4242").mkdir()  # what a killed write leaves
+    with pytest.warns(UserWarning, match=r"update_000002 is unreadable .*trying the previous complete one"):
+        again = fit(_cfg(tmp_path, "trainer.max_updates=2", "trainer.checkpoint_every=1", f"trainer.out_dir={out}",
+                         f"trainer.resume={out}"))
+    assert again.counters["env_steps"] == 8  # resumed at update 1 (4 steps), then update 2 again
+    assert not (ckpts / ".tmp-update_000003-4242").exists()  # stale temp dirs are cleaned at start
+    assert checkpoint.load_trainer_state(ckpts / "update_000002")["update"] == 2
+    torch.load(damaged, weights_only=True)  # written anew
+    shutil.copytree(ckpts / "update_000001", tmp_path / "damaged")
+    (tmp_path / "damaged" / "trainable.pt").write_bytes(b"PK\x03\x04 not a zip")
+    proc = subprocess.run([sys.executable, "-m", "agentrl.cli", "eval", "-c", str(ROOT / "conf/numberline.yaml"),
+                           *SMALL, "--episodes", "1", "--checkpoint", str(tmp_path / "damaged")],
+                          capture_output=True, text=True, timeout=600)  # a damaged checkpoint, named explicitly
+    assert proc.returncode == 2 and "damaged/trainable.pt does not load" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_keep_checkpoints_prunes_the_oldest(tmp_path, tiny_path):
+    out = tmp_path / "run"
+    fit(_cfg(tmp_path, "trainer.max_updates=4", "trainer.checkpoint_every=1", "trainer.keep_checkpoints=2",
+             f"trainer.out_dir={out}"))
+    assert sorted(p.name for p in (out / "checkpoints").glob("update_*")) == ["update_000003", "update_000004"]
+    assert checkpoint.latest_checkpoint(out / "checkpoints").name == "update_000004"
+
+
+def test_a_full_disk_is_named(tmp_path, tiny_path, monkeypatch):
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        if "update_000001" in str(f):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(checkpoint.CheckpointWriteError, match="the disk is full.*trainer.keep_checkpoints"):
+        fit(_cfg(tmp_path, "trainer.max_updates=1"))

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the dotted key and the fix."""
+from agentrl.config.checks import ConfigError, check_choice, check_ranges
 
 
 @dataclass
@@ -49,10 +46,10 @@ class ModelConfig:
     """Resize observations to this square size before the processor; None keeps the env's size."""
 
     def __post_init__(self) -> None:
-        _check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
-        _check_choice("model.finetune", self.finetune, ("lora", "full"))
-        _check_ranges("model.", self, image_size="None or >= 1")
-        _check_ranges("model.lora.", self.lora, r=">= 1", alpha="> 0", dropout="[0, 1)")
+        check_choice("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        check_choice("model.finetune", self.finetune, ("lora", "full"))
+        check_ranges("model.", self, image_size="None or >= 1")
+        check_ranges("model.lora.", self.lora, r=">= 1", alpha="> 0", dropout="[0, 1)")
 
 
 @dataclass
@@ -75,9 +72,9 @@ class EnvConfig:
     """ALFWorld game files; None uses $ALFWORLD_DATA or generates a small offline set."""
 
     def __post_init__(self) -> None:
-        _check_ranges("env.", self, num_envs=">= 1", max_episode_steps="None or >= 1")
-        _check_choice("env.vector", self.vector, ("sync", "async"))
-        _check_choice("env.image", self.image, ("auto", "none", "scene", "thor"))
+        check_ranges("env.", self, num_envs=">= 1", max_episode_steps="None or >= 1")
+        check_choice("env.vector", self.vector, ("sync", "async"))
+        check_choice("env.image", self.image, ("auto", "none", "scene", "thor"))
 
 
 @dataclass
@@ -96,7 +93,7 @@ class PromptConfig:
     """Where the image goes in the user turn: "first" (as the paper's LLaVA prompts; the tiny model reads it best there), "after_task" (after the task description) or "last"; the text before it is what a batch's prompts share (policy.share_prefix)."""
 
     def __post_init__(self) -> None:
-        _check_ranges("prompt.", self, history=">= 0")
+        check_ranges("prompt.", self, history=">= 0")
         if self.image_position not in IMAGE_POSITIONS:
             raise ConfigError(f"prompt.image_position must be one of {', '.join(IMAGE_POSITIONS)}, "
                               f"got {self.image_position!r}")
@@ -117,7 +114,7 @@ class ParserConfig:
     """Reward added when the text names no legal action (a random legal action is taken instead)."""
 
     def __post_init__(self) -> None:
-        _check_ranges("parser.", self, failure_penalty="finite")
+        check_ranges("parser.", self, failure_penalty="finite")
 
 
 @dataclass
@@ -140,7 +137,7 @@ class PolicyConfig:
     """Run the prompt prefix a batch shares once (generate, scoring, training); LLaVA-family models only, others ignore it."""
 
     def __post_init__(self) -> None:
-        _check_ranges("policy.", self, thought_coef="[0, 1]", value_hidden="all >= 1", kl_coef=">= 0",
+        check_ranges("policy.", self, thought_coef="[0, 1]", value_hidden="all >= 1", kl_coef=">= 0",
                       entropy_coef=">= 0")
 
 
@@ -178,7 +175,7 @@ class PPOConfig:
     """Stop the PPO epochs early when approx KL exceeds this; None never stops."""
 
     def __post_init__(self) -> None:
-        _check_ranges("ppo.", self, gamma="[0, 1]", gae_lambda="[0, 1]", clip="> 0", value_clip="None or > 0",
+        check_ranges("ppo.", self, gamma="[0, 1]", gae_lambda="[0, 1]", clip="> 0", value_clip="None or > 0",
                       vf_coef=">= 0", epochs=">= 1", minibatch_size=">= 1", micro_batch_size=">= 1", lr="> 0",
                       min_lr=">= 0", value_lr="None or > 0", max_grad_norm="> 0", target_kl="None or > 0")
         if self.micro_batch_size < 1 or self.minibatch_size % self.micro_batch_size:
@@ -212,9 +209,9 @@ class RolloutConfig:
     """Old log-probs and values: "generate" (from the sampling pass itself), "forward" (a second, teacher-forced scoring pass, exactly the update's) or "auto" (generate at 32-true, forward under 16-bit autocast, where the two passes differ by ~1% in ratio)."""
 
     def __post_init__(self) -> None:
-        _check_ranges("rollout.", self, steps_per_update=">= 1", temperature="> 0", top_p="(0, 1]",
+        check_ranges("rollout.", self, steps_per_update=">= 1", temperature="> 0", top_p="(0, 1]",
                       max_new_tokens=">= 1")
-        _check_choice("rollout.logprobs_from", self.logprobs_from, ("auto", "generate", "forward"))
+        check_choice("rollout.logprobs_from", self.logprobs_from, ("auto", "generate", "forward"))
 
 
 @dataclass
@@ -247,6 +244,8 @@ class TrainerConfig:
     """Seconds every process has to start and join the process group (importing torch and transformers can take a minute on a loaded machine)."""
     checkpoint_every: int = 10
     """Checkpoint every N updates (and always at the end); 0 only at the end."""
+    keep_checkpoints: int | None = None
+    """Keep only the newest N checkpoints (older ones are deleted after each save); None keeps all."""
     resume: str | None = None
     """Checkpoint dir (or run dir: its latest checkpoint) to continue from; "auto": out_dir's latest checkpoint if it has one, else a fresh start."""
     num_threads: int | None = None
@@ -260,11 +259,12 @@ class TrainerConfig:
                 f"trainer.precision={self.precision} casts every weight, the LoRA adapters and the value head "
                 f"included, to 16 bits, where Adam's small updates round away; use trainer.precision=bf16-mixed "
                 f"with model.dtype=bfloat16 (the frozen base in bfloat16, trainable weights in float32)")
-        _check_choice("trainer.precision", self.precision, ("32-true", "bf16-mixed", "16-mixed", "32", "64-true"))
-        _check_ranges("trainer.", self, max_updates=">= 1", devices=">= 1", num_nodes=">= 1",
+        check_choice("trainer.precision", self.precision, ("32-true", "bf16-mixed", "16-mixed", "32", "64-true"))
+        check_ranges("trainer.", self, max_updates=">= 1", devices=">= 1", num_nodes=">= 1",
                       log_every=">= 1", image_log_every=">= 0", max_bad_steps=">= 1",
                       collective_timeout_s="> 0 seconds", startup_timeout_s="> 0 seconds",
-                      checkpoint_every=">= 0", num_threads="None or >= 1", success_window=">= 1")
+                      checkpoint_every=">= 0", num_threads="None or >= 1", success_window=">= 1",
+                      keep_checkpoints="None or >= 1")
         size = max((len(part.encode("utf-8", "surrogatepass")) for part in Path(self.out_dir).parts), default=0)
         if "${" not in self.out_dir and (size > 255 or "\0" in self.out_dir):  # left alone while ${...} remains
             raise ConfigError(f"trainer.out_dir must have no NUL and path components of at most 255 bytes (the "
@@ -301,7 +301,7 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if self.data != "expert" and not self.data.endswith(".jsonl"):
             raise ConfigError(f"sft.data must be 'expert' or a .jsonl file, got {self.data!r}")
-        _check_ranges("sft.", self, examples=">= 1", explore="[0, 1]", noise="[0, 1]",
+        check_ranges("sft.", self, examples=">= 1", explore="[0, 1]", noise="[0, 1]",
                       max_examples="None or >= 1", epochs=">= 1", perception_epochs=">= 0", lr="> 0",
                       vision_lr="None or > 0", batch_size=">= 1", max_grad_norm="> 0")
 
@@ -334,7 +334,7 @@ class Config:
     """Seeds envs, sampling and initialisation."""
 
     def __post_init__(self) -> None:
-        _check_ranges("", self, seed=f"[0, {2**32 - 1}]")
+        check_ranges("", self, seed=f"[0, {2**32 - 1}]")
         if self.rollout.steps_per_update % self.env.num_envs:
             raise ConfigError(f"rollout.steps_per_update ({self.rollout.steps_per_update}) must be a multiple of "
                               f"env.num_envs ({self.env.num_envs})")
@@ -366,34 +366,3 @@ class Config:
         if self.ppo.minibatch_size % world_size:
             raise ConfigError(f"ppo.minibatch_size ({self.ppo.minibatch_size}) must be a multiple of "
                               f"trainer.devices ({world_size})")
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _check_ranges(prefix: str, obj: object, **allowed: str) -> None:
-    """Each named field in its range: "> 0", ">= 1" (a unit may follow: "> 0 seconds"), "[0, 1]", "(0, 1]",
-    "[0, 1)" or "finite", optionally after "None or " (None passes) or "all " (a list: every item); NaN and inf
-    never pass. The message names the dotted key, the value and what is allowed."""
-    for name, spec in allowed.items():
-        value, each, rule = getattr(obj, name), spec[:4] == "all ", spec.split(" or ")[-1].removeprefix("all ")
-        if value is None and spec.startswith("None or "):
-            continue
-        items = value if each else [value]
-        if not isinstance(items, list | tuple) or not all(_within(v, rule) for v in items):
-            what = "a finite number" if rule == "finite" else f"in {rule}" if rule[0] in "[(" else rule
-            what = f"a list of integers each {what}" if each else spec.replace(rule, what)
-            raise ConfigError(f"{prefix}{name} must be {what}, got {value}")
-
-
-def _within(value: object, rule: str) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not -math.inf < value < math.inf:
-        return False
-    if rule[0] in "[(":
-        lo, hi = (float(x) for x in rule[1:-1].split(","))
-        above = lo <= value if rule[0] == "[" else lo < value
-        return above and (value <= hi if rule[-1] == "]" else value < hi)
-    op, bound, *_ = rule.split() if rule != "finite" else (">", "-inf")
-    return value >= float(bound) if op == ">=" else value > float(bound)

@@ -1,0 +1,40 @@
+"""Value checks the schema's ``__post_init__`` methods share, and the error they raise."""
+
+from __future__ import annotations
+
+import math
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the dotted key and the fix."""
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_ranges(prefix: str, obj: object, **allowed: str) -> None:
+    """Each named field in its range: "> 0", ">= 1" (a unit may follow: "> 0 seconds"), "[0, 1]", "(0, 1]",
+    "[0, 1)" or "finite", optionally after "None or " (None passes) or "all " (a list: every item); NaN and inf
+    never pass. The message names the dotted key, the value and what is allowed."""
+    for name, spec in allowed.items():
+        value, each, rule = getattr(obj, name), spec[:4] == "all ", spec.split(" or ")[-1].removeprefix("all ")
+        if value is None and spec.startswith("None or "):
+            continue
+        items = value if each else [value]
+        if not isinstance(items, list | tuple) or not all(_within(v, rule) for v in items):
+            what = "a finite number" if rule == "finite" else f"in {rule}" if rule[0] in "[(" else rule
+            what = f"a list of integers each {what}" if each else spec.replace(rule, what)
+            raise ConfigError(f"{prefix}{name} must be {what}, got {value}")
+
+
+def _within(value: object, rule: str) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not -math.inf < value < math.inf:
+        return False
+    if rule[0] in "[(":
+        lo, hi = (float(x) for x in rule[1:-1].split(","))
+        above = lo <= value if rule[0] == "[" else lo < value
+        return above and (value <= hi if rule[-1] == "]" else value < hi)
+    op, bound, *_ = rule.split() if rule != "finite" else (">", "-inf")
+    return value >= float(bound) if op == ">=" else value > float(bound)

@@ -112,11 +112,18 @@ class PromptBatcher:
     # ------------------------------------------------------------ padding
 
     def collate(self, prompts: list[Prompt]) -> dict[str, Tensor]:
-        """Left-pad per-token tensors, concatenate the rest (pixel values, grids)."""
+        """Left-pad per-token tensors, concatenate the rest (pixel values, grids) of the prompts that have them.
+
+        Rows without an image add no pixel values (a text-only row beside image rows, as SFT data may mix):
+        the model matches image features to the image tokens of the batch in order.
+        """
         width = max(p["input_ids"].shape[-1] for p in prompts)
         batch: dict[str, Tensor] = {}
-        for key in prompts[0]:
-            parts = [p[key] for p in prompts]
+        for key in dict.fromkeys(k for p in prompts for k in p):
+            if key in TOKEN_KEYS:  # one row each: a row without this key gets zeros
+                parts = [p[key] if key in p else torch.zeros_like(p["input_ids"]) for p in prompts]
+            else:
+                parts = [p[key] for p in prompts if key in p]
             if key in TOKEN_KEYS:
                 fill = self.pad_id if key == "input_ids" else 0
                 parts = [nn.functional.pad(t, (width - t.shape[-1], 0), value=fill) for t in parts]

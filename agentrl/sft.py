@@ -119,8 +119,12 @@ def expert_examples(cfg: Config, n: int, *, split: str = "train", seed: int | No
     return out[:n]
 
 
+MAX_FIELD_CHARS = 100_000
+"""Longest text a JSONL field may hold (a 10 MB field once ran a run to 9 GB of memory)."""
+
+
 def jsonl_examples(path: str | Path, template: PromptTemplate, history: int = 0) -> list[Example]:
-    """Examples from a JSONL file (format in the module docstring); errors name the line.
+    """Examples from a JSONL file (format in the module docstring); every bad row exits naming file:line and why.
 
     ``history`` is ``prompt.history``: how many of a row's earlier steps the prompt shows.
     """
@@ -128,42 +132,70 @@ def jsonl_examples(path: str | Path, template: PromptTemplate, history: int = 0)
     if not path.is_file():
         raise ConfigError(f"sft.data={str(path)!r} does not exist; give a JSONL file or 'expert'")
     out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for i, raw in enumerate(path.read_bytes().splitlines(), 1):
         where = f"sft.data {path}:{i}"
+        if len(raw) > 4 * MAX_FIELD_CHARS:
+            raise ConfigError(f"{where}: the line has {len(raw)} characters; at most {4 * MAX_FIELD_CHARS}")
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "answer" not in row or ("prompt" in row) == ("obs" in row):
-            raise ConfigError(f"{where}: needs 'answer' and exactly one of 'prompt' or 'obs'")
-        image = None
-        if row.get("image"):
-            image_path = path.parent / row["image"]
-            if not image_path.is_file():
-                raise ConfigError(f"{where}: image {str(image_path)!r} does not exist")
-            image = np.asarray(Image.open(image_path).convert("RGB"))
-        obs = None
-        if "obs" in row:
-            try:
-                obs = EnvObs(image=image, **row["obs"])
-            except TypeError as e:
-                raise ConfigError(f"{where}: bad 'obs' ({e}); keys are text, legal_actions, env_id, task, extra") \
-                    from None
-            steps = row.get("history", [])
-            if not (isinstance(steps, list) and all(
-                    isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in steps)):
-                raise ConfigError(f"{where}: 'history' must be a list of [state text, action] string pairs")
-            messages = template.messages(obs, [tuple(h) for h in steps][-history:] if history else [])
-        else:
-            content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": row["prompt"]}]
-            messages = [{"role": "user", "content": content}]
-        answer = row["answer"] if isinstance(row["answer"], str) else template.answer(dict(row["answer"]))
-        out.append(Example(messages, image, answer, obs))
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        if line.strip():
+            out.append(_jsonl_row(line, where, path.parent, template, history))
     if not out:
         raise ConfigError(f"sft.data {path} holds no examples")
     return out
+
+
+def _jsonl_row(line: str, where: str, folder: Path, template: PromptTemplate, history: int) -> Example:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict) or "answer" not in row or ("prompt" in row) == ("obs" in row):
+        raise ConfigError(f"{where}: needs 'answer' and exactly one of 'prompt' or 'obs'")
+    for key in ("prompt", "image"):
+        if key in row and not (isinstance(row[key], str) or (key == "image" and row[key] is None)):
+            raise ConfigError(f"{where}: '{key}' must be a string{' or null' if key == 'image' else ''}, "
+                              f"got {type(row[key]).__name__}")
+    for key, value in row.items():
+        if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
+            raise ConfigError(f"{where}: '{key}' has {len(value)} characters; at most {MAX_FIELD_CHARS}")
+    image = None
+    if row.get("image"):
+        image_path = folder / row["image"]
+        if not image_path.is_file():
+            raise ConfigError(f"{where}: image {str(image_path)!r} does not exist")
+        try:
+            image = np.asarray(Image.open(image_path).convert("RGB"))
+        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            raise ConfigError(f"{where}: image {str(image_path)!r} is not an image PIL can read ({e})") from None
+    obs = None
+    if "obs" in row:
+        fields = row["obs"]
+        try:
+            obs = EnvObs(image=image, **fields)
+        except TypeError as e:
+            raise ConfigError(f"{where}: bad 'obs' ({e}); keys are text, legal_actions, env_id, task, extra") \
+                from None
+        if not (isinstance(obs.legal_actions, list) and obs.legal_actions
+                and all(isinstance(a, str) for a in obs.legal_actions)) or not isinstance(obs.text, str):
+            raise ConfigError(f"{where}: 'obs' needs text (a string) and legal_actions (a non-empty list of strings)")
+        steps = row.get("history", [])
+        if not (isinstance(steps, list) and all(
+                isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in steps)):
+            raise ConfigError(f"{where}: 'history' must be a list of [state text, action] string pairs")
+        messages = template.messages(obs, [tuple(h) for h in steps][-history:] if history else [])
+    else:
+        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": row["prompt"]}]
+        messages = [{"role": "user", "content": content}]
+    answer = row["answer"]
+    if isinstance(answer, dict) and "action" in answer:
+        answer = template.answer(dict(answer))
+    if not isinstance(answer, str):
+        raise ConfigError(f"{where}: 'answer' must be the target text or an object with an 'action' key, "
+                          f"got {json.dumps(answer)[:80]}")
+    return Example(messages, image, answer, obs)
 
 
 def load_examples(cfg: Config) -> list[Example]:

@@ -199,3 +199,33 @@ def test_answers_pairs_the_expert_fields_with_the_policys(tiny_path, monkeypatch
     assert [want for want, _, _ in out] == [json.loads(e.answer) for e in examples]
     assert [got for _, got, _ in out] == [{"action": "+"}, {}, {}, {"current number": 3}, {}]
     assert [text for _, _, text in out] == texts
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (b'{"prompt": "x", "answer": "\xff\xfe"}', "not UTF-8"),
+    (b'{"image": "fake.png", "prompt": "x", "answer": "a"}', "is not an image"),
+    (b'{"prompt": "x", "answer": 12}', "'answer' must be"),
+    (b'{"image": 5, "prompt": "x", "answer": "a"}', "'image' must be"),
+    (b'{"prompt": 7, "answer": "a"}', "'prompt' must be"),
+    (b'{"obs": {"text": "s", "legal_actions": "+", "env_id": "numberline"}, "answer": "a"}', "legal_actions"),
+    (b'{"prompt": "' + b"x" * 10_000_000 + b'", "answer": "a"}', "characters; at most"),
+])
+def test_every_bad_jsonl_row_names_its_line(tmp_path, bad, reason):
+    (tmp_path / "fake.png").write_bytes(b"not a png at all")
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"prompt": "fine", "answer": "a"}\n' + bad + b"\n")
+    cfg = load_config(NL, [f"sft.data={path}"])
+    with pytest.raises(ConfigError, match=f"d.jsonl:2: .*{reason}"):
+        S.load_examples(cfg)
+
+
+def test_mixed_image_and_text_rows_train_in_one_batch(tmp_path, tiny_path):
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "a.png")
+    rows = [{"image": "a.png", "prompt": "What is shown?", "answer": '{"action": "+"}'},
+            {"prompt": "No image here.", "answer": '{"action": "-"}'}] * 2
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cfg = load_config(NL, [f"sft.data={path}", "sft.epochs=1", "sft.batch_size=4", "trainer.num_threads=1"])
+    policy = S.build_policy(cfg)
+    metrics = S.train(policy, S.encode(policy, S.load_examples(cfg)), cfg)
+    assert metrics["steps"] == 1 and metrics["loss"] > 0

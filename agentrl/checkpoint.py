@@ -8,9 +8,8 @@ Layout of ``<out_dir>/checkpoints/update_000010/``:
   meta.json         git SHA, command line, time, agentrl version
 ``<out_dir>/checkpoints/latest`` names the newest complete checkpoint.
 
-:func:`save_update` and :func:`resume` are fit's side of it: what a run
-writes after an update (every rank's env and RNG state, gathered) and how it
-continues from that exactly.
+:mod:`agentrl.resume` is fit's side of it: what a run writes after an update
+and how it continues from that exactly.
 """
 
 from __future__ import annotations
@@ -21,16 +20,12 @@ import os
 import shutil
 import subprocess
 import time
-import warnings
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from agentrl.config import ConfigError
-from agentrl.distributed import gather_objects
 
 FORMAT_VERSION = 2
 """Bumped when the checkpoint layout changes; loading another version fails clearly."""
@@ -226,81 +221,6 @@ def load_trainer_state(ckpt: Path) -> dict[str, Any]:
     return state
 
 
-# ---------------------------------------------------------------- a fit run's progress
-
-
-@dataclass
-class RunState:
-    """A fit run's progress besides weights, optimizer and data: what :func:`resume` restores."""
-
-    window: deque[bool]
-    """Success of the last ``trainer.success_window`` training episodes (this rank's)."""
-    counters: dict[str, int] = field(default_factory=lambda: {"env_steps": 0, "episodes": 0})
-    """Totals over all ranks."""
-    update: int = 0
-    """Updates completed."""
-
-
-def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data: Any, run: RunState,
-                config_yaml: str, meta: dict[str, Any], keep: int | None = None) -> Path | None:
-    """Checkpoint after ``run.update`` updates: every rank's env, sampling and shuffle state, written by rank 0.
-
-    Every rank calls it (it gathers and meets); returns the directory on rank 0, else None.
-    """
-    mine = {"torch_rng": torch.get_rng_state(), "shuffle_rng": learner.shuffle.get_state(),
-            "data": data.state_dict(), "window": list(run.window)}
-    ranks = gather_objects(mine, fabric.world_size)  # env and sampling state of every rank
-    written = None
-    if fabric.is_global_zero:
-        state = {"format_version": FORMAT_VERSION, "update": run.update, "optimizer": learner.optimizer.state_dict(),
-                 "scheduler": learner.scheduler.state_dict(), "counters": dict(run.counters), "ranks": ranks}
-        written = save_checkpoint(ckpt_dir, policy=policy, trainer_state=state, config_yaml=config_yaml, meta=meta)
-        prune(ckpt_dir.parent, keep)  # trainer.keep_checkpoints
-    fabric.barrier()
-    return written
-
-
-def resume(fabric: Any, candidates: list[Path], *, policy: Any, learner: Any, data: Any, run: RunState) -> Path:
-    """Continue from the first readable of ``candidates`` (newest first): weights, optimizer, schedule, RNGs, envs.
-
-    A checkpoint whose files do not load (truncated, corrupt) is reported with its path and the
-    next one is tried; none readable is a ConfigError listing each and why.
-    """
-    problems = []
-    for ckpt in candidates:
-        try:
-            trainable = torch.load(Path(ckpt) / "trainable.pt", map_location="cpu", weights_only=True)
-            state = torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False)
-        except Exception as e:  # a truncated or corrupt file: torch raises many kinds
-            problems.append(f"{ckpt}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            warnings.warn(f"checkpoint {ckpt} is unreadable ({problems[-1].split(': ', 1)[1]}); "
-                          f"trying the previous complete one", stacklevel=2)
-            continue
-        _apply(fabric, Path(ckpt), trainable, state, policy=policy, learner=learner, data=data, run=run)
-        return Path(ckpt)
-    raise ConfigError("trainer.resume: no readable checkpoint (" + "; ".join(problems) + ")")
-
-
-def _apply(fabric: Any, ckpt: Path, trainable: dict[str, Any], state: dict[str, Any], *, policy: Any,
-           learner: Any, data: Any, run: RunState) -> None:
-    if state.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"checkpoint {ckpt} has format version {state.get('format_version')}; this agentrl "
-                          f"reads {FORMAT_VERSION}")
-    load_trainable(policy, ckpt, state=trainable)
-    if len(state["ranks"]) != fabric.world_size:
-        raise ConfigError(f"checkpoint {ckpt} was written by {len(state['ranks'])} processes; resume it with "
-                          f"trainer.devices={len(state['ranks'])}")
-    mine = state["ranks"][fabric.global_rank]
-    learner.optimizer.load_state_dict(state["optimizer"])
-    learner.scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(mine["torch_rng"])
-    learner.shuffle.set_state(mine["shuffle_rng"])
-    data.load_state_dict(mine["data"], update=state["update"])
-    run.window.extend(mine["window"])
-    run.counters.update(state["counters"])
-    run.update = state["update"]
-
-
 # ---------------------------------------------------------------- one run per directory
 
 
@@ -343,21 +263,3 @@ class RunDirLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
-
-
-def resume_target(resume: str | None, out_dir: Path) -> list[Path]:
-    """The checkpoints ``trainer.resume`` names, newest first, found before anything is written.
-
-    A checkpoint dir: itself. A run dir: its complete checkpoints (the one ``latest`` names first),
-    ConfigError if none. ``auto``: out_dir's, or none (a fresh start), so one command line serves the
-    first start and every restart.
-    """
-    if resume is None:
-        return []
-    if resume == "auto":
-        return complete_checkpoints(Path(out_dir) / "checkpoints")
-    path = Path(resume).expanduser()
-    if (path / "trainer_state.pt").is_file():
-        return [path]
-    found = complete_checkpoints(path / "checkpoints") or complete_checkpoints(path)
-    return found or [resolve_resume(resume)]  # resolve_resume raises the ConfigError that says what is missing

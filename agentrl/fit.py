@@ -17,23 +17,14 @@ from typing import Any
 import torch
 from lightning.fabric.loggers import TensorBoardLogger
 
-from agentrl.checkpoint import (
-    RunDirLock,
-    RunState,
-    clean_stale,
-    load_trainable,
-    resolve_resume,
-    resume,
-    resume_target,
-    run_meta,
-    save_update,
-)
+from agentrl.checkpoint import RunDirLock, clean_stale, load_trainable, resolve_resume, run_meta
 from agentrl.config import Config, ConfigError, to_yaml
 from agentrl.distributed import Meeting, make_fabric
 from agentrl.learner import Learner, whiten_global
 from agentrl.policy import PolicyModule
 from agentrl.registry import Components
 from agentrl.report import Reporter, update_metrics
+from agentrl.resume import RunState, resume, resume_changes, resume_target, save_update
 from agentrl.rollout import RolloutDataModule
 from agentrl.signals import CollectAbandoned, Preempted, StopSignals
 
@@ -98,6 +89,8 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
             f"the update scores the full tempered softmax, not the nucleus; train with rollout.top_p=1 "
             f"(agentrl eval accepts top_p < 1)")
     start = resume_target(t.resume, out_dir)  # a bad trainer.resume fails before anything is written
+    if start:
+        resume_changes(start[0], cfg)  # so does a key that cannot change on resume
     with RunDirLock(out_dir) if fabric.is_global_zero else nullcontext(), StopSignals() as stop:
         return _train(cfg, fabric, logger, parts, start, stop, list(argv or sys.argv))
 
@@ -123,7 +116,7 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
     run = RunState(window=deque(maxlen=t.success_window))
     last_ckpt = None
     if start:
-        last_ckpt = resume(fabric, start, policy=policy, learner=learner, data=data, run=run)
+        last_ckpt = resume(fabric, start, policy=policy, learner=learner, data=data, run=run, cfg=cfg)
         fabric.print(f"resumed from {last_ckpt} at update {run.update}")
 
     reporter = Reporter(fabric, logger, total=t.max_updates, start=run.update)

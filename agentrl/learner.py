@@ -52,6 +52,19 @@ class Learner:
     def lr(self) -> float:
         return self.scheduler.get_last_lr()[0]
 
+    def follow_config(self) -> None:
+        """After a resume with changed ``ppo.lr``/``ppo.value_lr``/``ppo.min_lr``/``trainer.max_updates``/
+        ``ppo.epochs``: the cosine continues from the step it reached on the new start, end and horizon."""
+        p, sched = self.cfg.ppo, self.scheduler
+        opt_steps = p.epochs * math.ceil(self.cfg.rollout.steps_per_update / p.minibatch_size)
+        sched.T_max = max(1, self.cfg.trainer.max_updates * opt_steps, sched.last_epoch)
+        sched.eta_min = p.min_lr
+        sched.base_lrs = [p.lr, p.value_lr or p.lr]
+        progress = math.cos(math.pi * sched.last_epoch / sched.T_max)
+        for group, base in zip(self.optimizer.param_groups, sched.base_lrs):
+            group["lr"] = p.min_lr + (base - p.min_lr) * (1 + progress) / 2
+        sched._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
     def update(self, rollout: Rollout, data: RolloutDataModule) -> dict[str, float]:
         """``ppo.epochs`` passes over this rank's rollout; returns mean loss terms per sample.
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from agentrl import checkpoint
 from agentrl.config import load_config
@@ -314,3 +315,33 @@ def test_a_full_disk_is_named(tmp_path, tiny_path, monkeypatch):
     monkeypatch.setattr(checkpoint.torch, "save", full_disk)
     with pytest.raises(checkpoint.CheckpointWriteError, match="the disk is full.*trainer.keep_checkpoints"):
         fit(_cfg(tmp_path, "trainer.max_updates=1"))
+
+
+# ---------------------------------------------------------------- resume means what it says
+
+
+def test_resume_with_a_new_lr_and_horizon_follows_them(tmp_path, tiny_path):
+    import math
+
+    out = tmp_path / "run"
+    fit(_cfg(tmp_path, "trainer.max_updates=2", "ppo.lr=1e-3", "ppo.min_lr=0", f"trainer.out_dir={out}"))
+    with pytest.warns(UserWarning, match=r"take effect: ppo.lr 0.001 -> 0.002; .*trainer.max_updates 2 -> 4"):
+        result = fit(_cfg(tmp_path, "trainer.max_updates=4", "ppo.lr=2e-3", "ppo.min_lr=0", f"trainer.out_dir={out}",
+                          "trainer.resume=auto"))
+    # one optimizer step per update (4 samples, minibatch 4, 1 epoch): after 4 of 4 steps the cosine is at its end
+    assert result.metrics["lr"] == pytest.approx(0.0, abs=1e-12)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    lrs = {e.step: e.value for e in events.Scalars("lr")}
+    assert lrs[3] == pytest.approx(2e-3 * (1 + math.cos(math.pi * 3 / 4)) / 2, rel=1e-5)  # the new cosine, step 3
+
+
+def test_resume_refuses_keys_that_cannot_change(tmp_path, tiny_path):
+    from agentrl.config import ConfigError
+
+    out = tmp_path / "run"
+    fit(_cfg(tmp_path, "trainer.max_updates=1", f"trainer.out_dir={out}"))
+    before = (out / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"env.num_envs=2 \(now 4\).*cannot change on resume"):
+        fit(_cfg(tmp_path, "trainer.max_updates=2", "env.num_envs=4", f"trainer.out_dir={out}", "trainer.resume=auto"))
+    assert (out / "config.yaml").read_text() == before  # the run dir still describes its checkpoints

@@ -1,0 +1,171 @@
+"""A fit run's side of checkpoints: what it saves after an update and how it continues from one.
+
+:func:`save_update` writes every rank's env, sampling and shuffle state (gathered) with the
+weights; :func:`resume` restores them exactly, after :func:`resume_target` found the checkpoint
+and :func:`resume_changes` checked which settings changed (some may, see :data:`MUTABLE_ON_RESUME`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrl.checkpoint import (
+    FORMAT_VERSION,
+    complete_checkpoints,
+    load_trainable,
+    prune,
+    resolve_resume,
+    save_checkpoint,
+)
+from agentrl.config import ConfigError
+from agentrl.distributed import gather_objects
+
+
+@dataclass
+class RunState:
+    """A fit run's progress besides weights, optimizer and data: what :func:`resume` restores."""
+
+    window: deque[bool]
+    """Success of the last ``trainer.success_window`` training episodes (this rank's)."""
+    counters: dict[str, int] = field(default_factory=lambda: {"env_steps": 0, "episodes": 0})
+    """Totals over all ranks."""
+    update: int = 0
+    """Updates completed."""
+
+
+def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data: Any, run: RunState,
+                config_yaml: str, meta: dict[str, Any], keep: int | None = None) -> Path | None:
+    """Checkpoint after ``run.update`` updates: every rank's env, sampling and shuffle state, written by rank 0.
+
+    Every rank calls it (it gathers and meets); returns the directory on rank 0, else None.
+    """
+    mine = {"torch_rng": torch.get_rng_state(), "shuffle_rng": learner.shuffle.get_state(),
+            "data": data.state_dict(), "window": list(run.window)}
+    ranks = gather_objects(mine, fabric.world_size)  # env and sampling state of every rank
+    written = None
+    if fabric.is_global_zero:
+        state = {"format_version": FORMAT_VERSION, "update": run.update, "optimizer": learner.optimizer.state_dict(),
+                 "scheduler": learner.scheduler.state_dict(), "counters": dict(run.counters), "ranks": ranks}
+        written = save_checkpoint(ckpt_dir, policy=policy, trainer_state=state, config_yaml=config_yaml, meta=meta)
+        prune(ckpt_dir.parent, keep)  # trainer.keep_checkpoints
+    fabric.barrier()
+    return written
+
+
+def resume(fabric: Any, candidates: list[Path], *, policy: Any, learner: Any, data: Any, run: RunState,
+           cfg: Any = None) -> Path:
+    """Continue from the first readable of ``candidates`` (newest first): weights, optimizer, schedule, RNGs, envs.
+
+    A checkpoint whose files do not load (truncated, corrupt) is reported with its path and the
+    next one is tried; none readable is a ConfigError listing each and why.
+    """
+    problems = []
+    for ckpt in candidates:
+        try:
+            trainable = torch.load(Path(ckpt) / "trainable.pt", map_location="cpu", weights_only=True)
+            state = torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated or corrupt file: torch raises many kinds
+            problems.append(f"{ckpt}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            warnings.warn(f"checkpoint {ckpt} is unreadable ({problems[-1].split(': ', 1)[1]}); "
+                          f"trying the previous complete one", stacklevel=2)
+            continue
+        changes = resume_changes(Path(ckpt), cfg) if cfg is not None else []
+        _apply(fabric, Path(ckpt), trainable, state, policy=policy, learner=learner, data=data, run=run)
+        if changes:  # they take effect: the loop reads them live, the LR schedule is re-aimed
+            if any(c.split()[0] in SCHEDULE_KEYS for c in changes):
+                learner.follow_config()
+            warnings.warn(f"resumed from {ckpt} with changed settings, which take effect: {'; '.join(changes)}",
+                          stacklevel=2)
+        return Path(ckpt)
+    raise ConfigError("trainer.resume: no readable checkpoint (" + "; ".join(problems) + ")")
+
+
+def _apply(fabric: Any, ckpt: Path, trainable: dict[str, Any], state: dict[str, Any], *, policy: Any,
+           learner: Any, data: Any, run: RunState) -> None:
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"checkpoint {ckpt} has format version {state.get('format_version')}; this agentrl "
+                          f"reads {FORMAT_VERSION}")
+    load_trainable(policy, ckpt, state=trainable)
+    if len(state["ranks"]) != fabric.world_size:
+        raise ConfigError(f"checkpoint {ckpt} was written by {len(state['ranks'])} processes; resume it with "
+                          f"trainer.devices={len(state['ranks'])}")
+    mine = state["ranks"][fabric.global_rank]
+    learner.optimizer.load_state_dict(state["optimizer"])
+    learner.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(mine["torch_rng"])
+    learner.shuffle.set_state(mine["shuffle_rng"])
+    data.load_state_dict(mine["data"], update=state["update"])
+    run.window.extend(mine["window"])
+    run.counters.update(state["counters"])
+    run.update = state["update"]
+
+
+MUTABLE_ON_RESUME = (
+    "ppo.lr", "ppo.min_lr", "ppo.value_lr", "ppo.clip", "ppo.value_clip", "ppo.vf_coef", "ppo.epochs",
+    "ppo.max_grad_norm", "ppo.target_kl", "policy.entropy_coef", "trainer.max_updates", "trainer.log_every",
+    "trainer.image_log_every", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.out_dir",
+    "trainer.resume", "trainer.num_threads", "trainer.collective_timeout_s", "trainer.startup_timeout_s",
+    "trainer.max_bad_steps", "trainer.accelerator",
+)
+"""Keys a resumed run may change (they take effect; the LR schedule continues on the new horizon). Every other
+key of fit (``sft.*`` aside) must match the checkpoint's: the model, envs, prompts, batch sizes and the
+rest shape what the saved state means."""
+
+SCHEDULE_KEYS = ("ppo.lr", "ppo.min_lr", "ppo.value_lr", "ppo.epochs", "trainer.max_updates")
+"""Keys the LR schedule is built from: changing one re-aims the cosine from the step it reached."""
+
+
+def resume_changes(ckpt: Path, cfg: Any) -> list[str]:
+    """``key old -> new`` for each mutable key that differs from ``ckpt``'s config.yaml; ConfigError naming any
+    other key that differs (before anything of the new run is written)."""
+    from omegaconf import OmegaConf
+
+    from agentrl.config import to_yaml
+
+    try:
+        saved = _flat(OmegaConf.to_container(OmegaConf.load(Path(ckpt) / "config.yaml")))
+    except Exception:  # no or unreadable config.yaml (an old checkpoint): nothing to compare
+        return []
+    now = _flat(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
+    differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
+                    and not k.startswith("sft.") and k not in ("trainer.resume", "trainer.out_dir"))
+    fixed = [k for k in differ if k not in MUTABLE_ON_RESUME]
+    if fixed:
+        shown = ", ".join(f"{k}={saved.get(k)!r} (now {now.get(k)!r})" for k in fixed[:6])
+        raise ConfigError(f"trainer.resume: checkpoint {ckpt} was made with {shown}{' ...' if len(fixed) > 6 else ''}; "
+                          f"these cannot change on resume (only {', '.join(MUTABLE_ON_RESUME[:11])}, ... can): "
+                          f"give the checkpoint's values or start a new run")
+    return [f"{k} {saved.get(k)} -> {now.get(k)}" for k in differ]
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "options" else {f"{prefix}{k}": v})
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def resume_target(resume: str | None, out_dir: Path) -> list[Path]:
+    """The checkpoints ``trainer.resume`` names, newest first, found before anything is written.
+
+    A checkpoint dir: itself. A run dir: its complete checkpoints (the one ``latest`` names first),
+    ConfigError if none. ``auto``: out_dir's, or none (a fresh start), so one command line serves the
+    first start and every restart.
+    """
+    if resume is None:
+        return []
+    if resume == "auto":
+        return complete_checkpoints(Path(out_dir) / "checkpoints")
+    path = Path(resume).expanduser()
+    if (path / "trainer_state.pt").is_file():
+        return [path]
+    found = complete_checkpoints(path / "checkpoints") or complete_checkpoints(path)
+    return found or [resolve_resume(resume)]  # resolve_resume raises the ConfigError that says what is missing

@@ -109,6 +109,8 @@ class Sampler:
         self.min_new_tokens = 0
         """EOS is masked before this many tokens (benchmarks force equal lengths with it)."""
         self._biases: dict[tuple, Tensor] = {}
+        self._eos_key: tuple | None = None
+        self._eos: Tensor | None = None
 
     @property
     def eos_id(self) -> int:
@@ -120,8 +122,11 @@ class Sampler:
         self.eos_ids = [value]
 
     def is_eos(self, tokens: Tensor) -> Tensor:
-        """Bool mask of ``tokens`` that end an answer."""
-        return torch.isin(tokens, torch.tensor(self.eos_ids, device=tokens.device))
+        """Bool mask of ``tokens`` that end an answer (called every decode step: the id tensor is made once)."""
+        key = (tuple(self.eos_ids), tokens.device)
+        if self._eos_key != key:
+            self._eos_key, self._eos = key, torch.tensor(self.eos_ids, device=tokens.device)
+        return torch.isin(tokens, self._eos)
 
     def pick(self, logits: Tensor, greedy: bool = False, allow_eos: bool = True) -> Tensor:
         """Next token per row (B,) from raw logits (B, V): arg-max, or a sample from the tempered softmax.

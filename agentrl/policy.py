@@ -145,13 +145,17 @@ class PolicyModule(L.LightningModule):
         answer = hidden[-1][:, start : start + length]
         values = self.value_head(hidden[-1][:, start])
         head, temperature = self.decoder.head, self.sampler.temperature
-        token_logp = torch.cat([token_logprobs(head(answer[:, lo : lo + LOGIT_CHUNK]), gen[:, lo : lo + LOGIT_CHUNK],
-                                               temperature) for lo in range(0, length, LOGIT_CHUNK)], dim=1)
+        logps, ents = [], []
+        for lo in range(0, length, LOGIT_CHUNK):  # each chunk's logits once, for log-probs and entropy
+            logits = head(answer[:, lo : lo + LOGIT_CHUNK])
+            logps.append(token_logprobs(logits, gen[:, lo : lo + LOGIT_CHUNK], temperature))
+            if with_entropy:
+                logp_all = torch.log_softmax(logits / temperature, dim=-1)
+                ents.append(-(logp_all.exp() * logp_all).sum(-1))
+        token_logp = torch.cat(logps, dim=1)
         if with_entropy:
-            logp_all = torch.log_softmax(head(answer) / temperature, dim=-1)
             valid = (inputs.weights.to(self.device) > 0).float()
-            ent = -(logp_all.exp() * logp_all).sum(-1)
-            entropy = (ent * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+            entropy = (torch.cat(ents, dim=1) * valid).sum(-1) / valid.sum(-1).clamp(min=1)
         else:
             entropy = torch.zeros_like(values)
         return token_logp, values, entropy

@@ -111,7 +111,7 @@ MUTABLE_ON_RESUME = (
     "ppo.max_grad_norm", "ppo.target_kl", "policy.entropy_coef", "trainer.max_updates", "trainer.log_every",
     "trainer.image_log_every", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.out_dir",
     "trainer.resume", "trainer.num_threads", "trainer.collective_timeout_s", "trainer.startup_timeout_s",
-    "trainer.max_bad_steps", "trainer.accelerator",
+    "trainer.max_bad_steps", "trainer.accelerator", "env.step_timeout_s",
 )
 """Keys a resumed run may change (they take effect; the LR schedule continues on the new horizon). Every other
 key of fit (``sft.*`` aside) must match the checkpoint's: the model, envs, prompts, batch sizes and the

@@ -189,6 +189,110 @@ def test_dead_alfworld_worker_is_restarted_alone():
         m.close()
 
 
+class _Deadline:
+    """Fail the test (instead of hanging the suite) if the block runs past ``seconds``."""
+
+    def __init__(self, seconds: int) -> None:
+        self.seconds = seconds
+
+    def _fire(self, *_):
+        raise TimeoutError(f"still blocked after {self.seconds} s: the hung worker was not timed out")
+
+    def __enter__(self):
+        self._old = signal.signal(signal.SIGALRM, self._fire)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc):
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self._old)
+
+
+def test_hung_env_worker_is_killed_restarted_and_its_episodes_counted():
+    from agentrl.config import EnvConfig
+    from agentrl.envs.gym_cards import NumberLineModule
+
+    m = NumberLineModule(EnvConfig(name="numberline", num_envs=2, vector="async", step_timeout_s=2))
+    try:
+        before = m.reset(0)
+        hung = m.envs.processes[0]
+        os.kill(hung.pid, signal.SIGSTOP)  # alive, never answers: what a deadlocked game looks like
+        start = time.monotonic()
+        with _Deadline(60), pytest.warns(UserWarning, match=r"no answer within env.step_timeout_s=2"):
+            step = m.step(["+", "-"])
+        assert time.monotonic() - start < 30
+        assert not hung.is_alive()  # killed, not left stopped
+        assert step.truncated.all() and [o.text for o in step.final_obs] == [o.text for o in before]
+        assert m.dropped_episodes == 2 and m.restarts == 1
+        for _ in range(12):
+            step = m.step(["+", "+"])
+        assert all(p.is_alive() for p in m.envs.processes)
+    finally:
+        m.close()
+
+
+@pytest.mark.integration
+def test_hung_alfworld_worker_is_killed_and_restarted_alone():
+    from agentrl.config import EnvConfig
+    from agentrl.envs.alfworld import AlfworldModule
+
+    m = AlfworldModule(EnvConfig(name="alfworld", num_envs=2, vector="async", image="none", step_timeout_s=3))
+    try:
+        before = m.reset(0)
+        survivor = m._workers.procs[0].pid
+        hung = m._workers.procs[1]
+        os.kill(hung.pid, signal.SIGSTOP)
+        with _Deadline(90), pytest.warns(UserWarning, match=r"worker\(s\) \[1\] hung"):
+            step = m.step([before[0].legal_actions[0], before[1].legal_actions[0]])
+        assert not hung.is_alive()
+        assert step.truncated.tolist() == [False, True] and step.final_obs[1].text == before[1].text
+        assert m.dropped_episodes == 1 and m._workers.procs[0].pid == survivor
+        step = m.step([o.legal_actions[0] for o in step.obs])
+        assert all(p.is_alive() for p in m._workers.procs)
+    finally:
+        m.close()
+
+
+def test_hung_worker_at_reset_is_restarted_too():
+    from agentrl.config import EnvConfig
+    from agentrl.envs.gym_cards import NumberLineModule
+
+    m = NumberLineModule(EnvConfig(name="numberline", num_envs=2, vector="async", step_timeout_s=2))
+    try:
+        m.reset(0)
+        os.kill(m.envs.processes[1].pid, signal.SIGSTOP)
+        with _Deadline(60), pytest.warns(UserWarning, match="no answer"):
+            obs = m.reset(1)
+        assert len(obs) == 2 and m.restarts == 1
+        m.step(["+", "-"])
+    finally:
+        m.close()
+
+
+@pytest.mark.integration
+def test_hung_alfworld_worker_at_reset_is_restarted():
+    from agentrl.config import EnvConfig
+    from agentrl.envs.alfworld import AlfworldModule
+
+    m = AlfworldModule(EnvConfig(name="alfworld", num_envs=2, vector="async", image="none", step_timeout_s=3))
+    try:
+        m.reset(0)
+        os.kill(m._workers.procs[0].pid, signal.SIGSTOP)
+        with _Deadline(90), pytest.warns(UserWarning, match=r"\[0\] hung"):
+            obs = m.reset(1)
+        assert [type(o).__name__ for o in obs] == ["EnvObs", "EnvObs"] and m.dropped_episodes == 0
+        m.step([o.legal_actions[0] for o in obs])
+    finally:
+        m.close()
+
+
+def test_step_timeout_is_range_checked():
+    from agentrl.config import ConfigError, EnvConfig
+
+    with pytest.raises(ConfigError, match=r"env.step_timeout_s.*-1"):
+        EnvConfig(step_timeout_s=-1)
+    assert EnvConfig(step_timeout_s=None).step_timeout_s is None
+
+
 # ---------------------------------------------------------------- preemption, one run per dir, resume=auto
 
 

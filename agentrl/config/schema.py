@@ -70,9 +70,12 @@ class EnvConfig:
     """Observation image: auto (the game's own), none (text only), scene (drawn from text), thor (ALFWorld 3D)."""
     data_path: str | None = None
     """ALFWorld game files; None uses $ALFWORLD_DATA or generates a small offline set."""
+    step_timeout_s: float | None = 300.0
+    """vector=async: a worker that gives no answer to a reset or step within this many seconds is killed and restarted, its episode dropped and counted (as a dead one); None waits forever."""
 
     def __post_init__(self) -> None:
-        check_ranges("env.", self, num_envs=">= 1", max_episode_steps="None or >= 1")
+        check_ranges("env.", self, num_envs=">= 1", max_episode_steps="None or >= 1",
+                     step_timeout_s="None or > 0 seconds")
         check_choice("env.vector", self.vector, ("sync", "async"))
         check_choice("env.image", self.image, ("auto", "none", "scene", "thor"))
 

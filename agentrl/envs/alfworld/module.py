@@ -85,13 +85,17 @@ class AlfworldModule(EnvModule):
         if cfg.vector == "async":
             from agentrl.envs.alfworld.worker import GameWorkers
 
-            self._workers = GameWorkers(self.settings, cfg.num_envs, opts["start_method"])
+            self._workers = GameWorkers(self.settings, cfg.num_envs, opts["start_method"], cfg.step_timeout_s)
         else:
             self._games = [AlfworldGame(self.settings) for _ in range(cfg.num_envs)]
 
     def reset(self, seed: int) -> list[EnvObs]:
         self._seed = seed
-        self._last = self._call("reset", [(f"{seed}/{i}",) for i in range(self.num_envs)])
+        try:
+            self._last = self._call("reset", [(f"{seed}/{i}",) for i in range(self.num_envs)])
+        except WorkerDied as e:  # the lost workers restart on their own fresh game; nothing was in progress
+            slots = self._recover(e, during_reset=True)
+            self._last = [s.obs if i in e.dead else s for i, s in enumerate(slots)]
         return self._last
 
     def step(self, actions: list[str]) -> EnvStep:
@@ -111,21 +115,30 @@ class AlfworldModule(EnvModule):
             episodes=[s.episode for s in slots],
         )
 
-    def _recover(self, error: WorkerDied) -> list[SlotStep]:
-        """Restart only the dead workers; their episodes are dropped (truncated at the last obs) and counted."""
+    def _recover(self, error: WorkerDied, during_reset: bool = False) -> list[SlotStep]:
+        """Restart only the lost (dead or hung) workers; their episodes are dropped (truncated at the last
+        obs) and counted. A worker that fails again right after its restart ends the run with the reason."""
         slots = list(error.results)
         for i in error.dead:
             self.restarts += 1
-            self.dropped_episodes += 1
+            self.dropped_episodes += 0 if during_reset else 1
             self._workers.restart(i)
             conn = self._workers.conns[i]
             conn.send(("reset", (f"{self._seed}/{i}/restart{self.restarts}",)))
+            timeout = self._workers.timeout
+            if timeout is not None and not conn.poll(timeout):
+                raise RuntimeError(f"ALFWorld worker {i} gave no answer to reset within env.step_timeout_s="
+                                   f"{timeout:g} s right after a restart; raise env.step_timeout_s if games load slowly")
             status, obs = conn.recv()
             if status != "ok":
                 raise RuntimeError(f"ALFWorld worker {i} failed to reset after a restart:\n{obs}")
-            slots[i] = SlotStep(obs=obs, reward=0.0, terminated=False, truncated=True, final_obs=self._last[i],
-                                episode=None)
-        warnings.warn(f"ALFWorld worker(s) {error.dead} died; restarted them and dropped their episodes "
+            slots[i] = SlotStep(obs=obs, reward=0.0, terminated=False, truncated=True,
+                                final_obs=None if during_reset else self._last[i], episode=None)
+        lost = "; ".join(part for part in (f"{[i for i in error.dead if i not in error.hung]} died",
+                                          f"{error.hung} hung (no answer within env.step_timeout_s="
+                                          f"{self._workers.timeout} s, killed)" if error.hung else "")
+                         if not part.startswith("[] "))
+        warnings.warn(f"ALFWorld worker(s) {lost}; restarted them and dropped their episodes "
                       f"({self.dropped_episodes} dropped so far)", stacklevel=3)
         return slots
 

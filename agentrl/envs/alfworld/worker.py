@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import time
 import traceback
 from multiprocessing.connection import Connection
 from typing import Any
@@ -38,19 +39,25 @@ def _serve(conn: Connection, settings: GameSettings) -> None:
 
 
 class WorkerDied(RuntimeError):
-    """Worker processes died during a call; the others' results are kept (None for the dead)."""
+    """Worker processes died or hung during a call; the others' results are kept (None for the lost)."""
 
-    def __init__(self, dead: list[int], results: list[Any], method: str) -> None:
-        super().__init__(f"ALFWorld worker(s) {dead} died during {method!r}")
+    def __init__(self, dead: list[int], results: list[Any], method: str, hung: list[int] | None = None) -> None:
+        self.hung = hung or []
+        what = " and ".join(f"{ids} {verb}" for ids, verb in (([i for i in dead if i not in self.hung], "died"),
+                                                             (self.hung, "hung")) if ids)
+        super().__init__(f"ALFWorld worker(s) {what} during {method!r}")
         self.dead, self.results = dead, results
 
 
 class GameWorkers:
     """N worker processes, each owning one AlfworldGame; calls fan out, then gather."""
 
-    def __init__(self, settings: GameSettings, num_envs: int, start_method: str = "spawn") -> None:
+    def __init__(self, settings: GameSettings, num_envs: int, start_method: str = "spawn",
+                 timeout: float | None = None) -> None:
         self.ctx = mp.get_context(start_method)
         self.settings = settings
+        self.timeout = timeout
+        """Seconds a call waits for each worker's answer; a silent worker counts as dead (None: forever)."""
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         for _ in range(num_envs):
@@ -66,9 +73,9 @@ class GameWorkers:
         return parent, proc
 
     def restart(self, i: int) -> None:
-        """Replace worker ``i`` (dead or not) with a fresh process."""
+        """Replace worker ``i`` (dead, hung or not) with a fresh process."""
         if self.procs[i].is_alive():
-            self.procs[i].terminate()
+            self.procs[i].kill()  # SIGKILL: a stopped or deadlocked worker ignores SIGTERM
         self.procs[i].join(timeout=5)
         self.conns[i].close()
         self.conns[i], self.procs[i] = self._spawn()
@@ -80,8 +87,13 @@ class GameWorkers:
                 conn.send((method, arg))
         results: list[Any] = []
         dead: list[int] = []
+        hung: list[int] = []
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
         for i, conn in enumerate(self.conns):
             try:
+                if deadline is not None and not conn.poll(max(0.0, deadline - time.monotonic())):
+                    hung.append(i)  # alive but silent past the deadline (stopped, deadlocked, spinning)
+                    raise EOFError
                 status, value = conn.recv()
             except (EOFError, ConnectionError):  # the process died (killed, segfault, out of memory)
                 dead.append(i)
@@ -91,7 +103,7 @@ class GameWorkers:
                 raise RuntimeError(f"ALFWorld worker {i} failed in {method!r}:\n{value}")
             results.append(value)
         if dead:
-            raise WorkerDied(dead, results, method)
+            raise WorkerDied(dead, results, method, hung)
         return results
 
     def close(self) -> None:

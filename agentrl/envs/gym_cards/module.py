@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import multiprocessing as mp
 import pickle
 import warnings
 from functools import partial
@@ -92,6 +93,7 @@ class GymCardsModule(EnvModule):
         self.with_image = cfg.image == "auto"
         self._fns = [partial(make_env, gym_id, options, cfg.max_episode_steps) for _ in range(cfg.num_envs)]
         self._async = cfg.vector == "async"
+        self.timeout = cfg.step_timeout_s if self._async else None
         self.envs = self._make_vector()
         self.action_names: list[str] = list(self.envs.get_attr("action_names")[0])
         self._index = {name: i for i, name in enumerate(self.action_names)}
@@ -107,30 +109,50 @@ class GymCardsModule(EnvModule):
             return gymnasium.vector.AsyncVectorEnv(self._fns, context="spawn", autoreset_mode=mode)
         return gymnasium.vector.SyncVectorEnv(self._fns, autoreset_mode=mode)
 
-    def reset(self, seed: int) -> list[EnvObs]:
+    def reset(self, seed: int, _attempt: int = 0) -> list[EnvObs]:
         self._seed = seed
         seeds = [env_seed(seed, self.split, i) for i in range(self.num_envs)]
-        obs, infos = self.envs.reset(seed=seeds)
+        if self._async:
+            try:
+                self.envs.reset_async(seed=seeds)
+                obs, infos = self.envs.reset_wait(timeout=self.timeout)
+            except (EOFError, ConnectionError, mp.TimeoutError) as e:
+                if _attempt >= 2:
+                    raise RuntimeError(f"{self.game}: the env workers failed to reset 3 times in a row ({e!r}); "
+                                       "check the game, or raise env.step_timeout_s if resets are just slow") from e
+                self._restart(e, "reset")
+                return self.reset(seed + 1_000_003 * self.restarts, _attempt + 1)
+        else:
+            obs, infos = self.envs.reset(seed=seeds)
         self._returns[:] = 0
         self._lengths[:] = 0
         self._started = True
         self._last = [self._obs(obs[i], _unbatch(infos, i)) for i in range(self.num_envs)]
         return self._last
 
+    def _restart(self, error: Exception, during: str) -> None:
+        """Kill every worker (SIGKILL: a stopped or deadlocked one ignores SIGTERM) and start new ones."""
+        self.restarts += 1
+        self.dropped_episodes += self.num_envs
+        why = (f"no answer within env.step_timeout_s={self.timeout:g} s" if isinstance(error, mp.TimeoutError)
+               else f"an env worker died ({type(error).__name__}: {error})")
+        warnings.warn(f"{self.game}: {why} during {during}; killed and restarted the workers, dropped "
+                      f"{self.num_envs} episodes in progress (restart {self.restarts})", stacklevel=4)
+        for proc in self.envs.processes:
+            with contextlib.suppress(Exception):
+                proc.kill()
+        with contextlib.suppress(Exception):  # the broken pipe that brought us here may fail the close too
+            self.envs.close(terminate=True)
+        self.envs = self._make_vector()
+
     def _recover(self, error: Exception) -> EnvStep:
-        """A worker process died: restart the workers on fresh seeds, drop the episodes in progress.
+        """A worker process died or hung: restart the workers on fresh seeds, drop the episodes in progress.
 
         Every env's episode is lost with the vector env, so all are reported as
         truncated at their last observation (the learner bootstraps from its value)
         and counted in ``dropped_episodes``.
         """
-        self.restarts += 1
-        self.dropped_episodes += self.num_envs
-        warnings.warn(f"{self.game}: an env worker died ({type(error).__name__}: {error}); restarted the workers, "
-                      f"dropped {self.num_envs} episodes in progress (restart {self.restarts})", stacklevel=3)
-        with contextlib.suppress(Exception):  # the broken pipe that brought us here may fail the close too
-            self.envs.close(terminate=True)
-        self.envs = self._make_vector()
+        self._restart(error, "step")
         final = self._last
         obs = self.reset(self._seed + 1_000_003 * self.restarts)
         n = self.num_envs
@@ -145,12 +167,15 @@ class GymCardsModule(EnvModule):
         for action in actions:
             if action not in self._index:
                 raise ValueError(f"action {action!r} is not one of {self.action_names} ({self.game})")
-        try:
-            obs, reward, terminated, truncated, infos = self.envs.step(np.array([self._index[a] for a in actions]))
-        except (EOFError, ConnectionError) as e:  # a worker process died (killed, segfault, out of memory)
-            if not self._async:
-                raise
-            return self._recover(e)
+        indices = np.array([self._index[a] for a in actions])
+        if self._async:
+            try:
+                self.envs.step_async(indices)
+                obs, reward, terminated, truncated, infos = self.envs.step_wait(timeout=self.timeout)
+            except (EOFError, ConnectionError, mp.TimeoutError) as e:  # died (killed, segfault, OOM) or hung
+                return self._recover(e)
+        else:
+            obs, reward, terminated, truncated, infos = self.envs.step(indices)
         self._returns += reward
         self._lengths += 1
         final_obs: list[EnvObs | None] = [None] * self.num_envs

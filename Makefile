@@ -23,6 +23,10 @@ demo: $(STAMP)
 	$(VENV)/bin/agentrl fit -c conf/numberline.yaml policy.init_from=runs/demo/sft trainer.max_updates=5 \
 		trainer.out_dir=runs/demo/ppo
 
+# The caches the tests build (the tiny model, generated ALFWorld games) stay inside the checkout, as in CI
+# (.ci/run); an AGENTRL_CACHE already set wins.
+test test-fast: export AGENTRL_CACHE ?= $(CURDIR)/.cache/agentrl
+
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not gpu"
 
@@ -33,4 +37,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check agentrl tests tools
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .cache

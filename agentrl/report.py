@@ -13,6 +13,8 @@ TensorBoard tags (also in the README's metrics table):
 from __future__ import annotations
 
 import math
+import re
+import sys
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -25,13 +27,44 @@ from rich.table import Table
 from agentrl.distributed import reduce_sums
 from agentrl.rollout import Rollout
 
+LOG_WIDTH = 10_000
+"""Columns of a console that writes to a file or pipe: wide enough that no line is cut or wrapped."""
+
+
+class _Unpadded:
+    """``sys.stderr`` (looked up at each write) without the trailing spaces rich pads its lines with."""
+
+    _PADDING = re.compile(r" +(?=\n)")
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(self._PADDING.sub("", text))
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # rich draws ASCII boxes for an ASCII stream
+        return getattr(sys.stderr, "encoding", None) or "utf-8"
+
+
+def make_console(**kwargs: Any) -> Console:
+    """The console of the commands, on stderr. On a terminal it is rich's own; on a file or pipe (a log) lines
+    are never cut or wrapped at 80 columns: tables, log lines and the progress line come out whole."""
+    console = Console(stderr=True, **kwargs)
+    if console.is_terminal:
+        return console
+    return Console(file=_Unpadded(), width=LOG_WIDTH, log_path=False, **kwargs)  # type: ignore[arg-type]
+
 
 class Reporter:
     """Rank-zero display and logging of a fit run."""
 
     def __init__(self, fabric: Any, logger: Any, total: int, start: int = 0) -> None:
         self.fabric, self.logger = fabric, logger
-        self.console = Console(stderr=True)
+        self.console = make_console()
         self.enabled = fabric.is_global_zero
         self.progress = Progress(
             TextColumn("[bold]PPO"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),

@@ -1,0 +1,96 @@
+"""The front door: what the commands write and print for a researcher (curves, help, log files, prompts, make)."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["env.num_envs=3", "rollout.steps_per_update=9", "ppo.minibatch_size=9", "ppo.micro_batch_size=3",
+         "rollout.max_new_tokens=8", "trainer.num_threads=1"]
+
+
+def _cli(*args, cwd=ROOT):
+    """``agentrl ARGS`` with stdout and stderr to pipes, as in a log file."""
+    return subprocess.run([sys.executable, "-m", "agentrl.cli", *args], capture_output=True, text=True, timeout=600,
+                          cwd=cwd)
+
+
+def _line_with(text: str, needle: str) -> str:
+    lines = [line for line in text.splitlines() if needle in line]
+    assert len(lines) == 1, f"{needle!r} on {len(lines)} lines of:\n{text[-3000:]}"
+    return lines[0]
+
+
+# ---------------------------------------------------------------- sft: curves, and lines a log keeps whole
+
+
+def test_sft_writes_loss_accuracy_and_lr_per_step_and_its_log_lines_whole(tmp_path, tiny_path):
+    out = tmp_path / ("a-run-dir-with-a-name-long-enough-to-pass-80-columns-" + "x" * 40)
+    proc = _cli("sft", "-c", str(ROOT / "conf/sft/numberline.yaml"), *SMALL, "sft.examples=12", "sft.epochs=2",
+                "sft.perception_epochs=1", "sft.batch_size=6", f"trainer.out_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = out / "checkpoints" / "sft"
+    line = _line_with(proc.stderr, "start PPO with policy.init_from=")  # one line, not folded at 80 columns
+    assert f"checkpoint {ckpt} (start PPO with policy.init_from={ckpt})" in line
+    assert f"tensorboard --logdir {out / 'tensorboard'}" in line
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"sft/loss", "sft/token_accuracy", "sft/lr", "sft/vision_lr"} <= tags
+    steps = 3 * 2  # (1 perception + 2 epochs) x 2 batches of 6
+    series = {t: {e.step: e.value for e in events.Scalars(t)} for t in tags}
+    for tag in ("sft/loss", "sft/token_accuracy", "sft/lr", "sft/vision_lr"):
+        assert sorted(series[tag]) == list(range(1, steps + 1)), tag
+    assert all(0 <= a <= 1 for a in series["sft/token_accuracy"].values())
+    assert all(math.isfinite(v) and v > 0 for v in series["sft/loss"].values())
+    # the lr of each step taken: the configured one first, then the cosine towards a tenth
+    lr, vision_lr = series["sft/lr"], series["sft/vision_lr"]
+    assert lr[1] == pytest.approx(1e-3) and vision_lr[1] == pytest.approx(1e-4)
+    for i in range(1, steps + 1):
+        cos = 0.1 + 0.45 * (1 + math.cos(math.pi * (i - 1) / steps))
+        assert lr[i] == pytest.approx(1e-3 * cos, rel=1e-5) and vision_lr[i] == pytest.approx(1e-4 * cos, rel=1e-5)
+    # the logged values are those trained on: the last epoch's two steps average to the run's metrics
+    import json
+
+    metrics = json.loads((ckpt / "sft_metrics.json").read_text())
+    for key in ("loss", "token_accuracy"):
+        last = [series[f"sft/{key}"][i] for i in (steps - 1, steps)]
+        assert sum(last) / 2 == pytest.approx(metrics[key], rel=1e-5), key
+
+
+# ---------------------------------------------------------------- make test keeps its caches in the checkout
+
+
+def _fake_venv(tmp_path: Path) -> Path:
+    """A VENV whose python prints AGENTRL_CACHE instead of running pytest, already 'installed'."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text('#!/bin/sh\necho "AGENTRL_CACHE=$AGENTRL_CACHE"\n')
+    python.chmod(0o755)
+    (venv / ".installed-dev").touch()  # newer than pyproject.toml: make installs nothing
+    return venv
+
+
+@pytest.mark.parametrize("target", ["test", "test-fast"])
+def test_make_test_keeps_its_caches_in_the_checkout_as_ci_does(tmp_path, target):
+    venv = _fake_venv(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("AGENTRL_CACHE", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
+    def make(**extra):
+        proc = subprocess.run(["make", "-s", "-C", str(ROOT), target, f"VENV={venv}", "EXTRAS=dev"],
+                              env={**env, **extra}, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert make() == f"AGENTRL_CACHE={ROOT}/.cache/agentrl"  # what .ci/run sets
+    assert "AGENTRL_CACHE=\"$PWD/.cache/agentrl\"" in (ROOT / ".ci/run").read_text()
+    assert make(AGENTRL_CACHE=str(tmp_path / "mine")) == f"AGENTRL_CACHE={tmp_path / 'mine'}"  # a set one wins
+    ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", ".cache/agentrl/x"])
+    assert ignored.returncode == 0  # .gitignore covers it

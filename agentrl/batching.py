@@ -19,6 +19,7 @@ alone. Results match the unshared path up to float round-off (tests/test_decode.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,10 +32,11 @@ from transformers.cache_utils import DynamicCache
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 """Processor outputs with one entry per token: padded, not concatenated."""
 
-VERIFIED_FAMILIES = ("llava", "llava_next")
+VERIFIED_FAMILIES = ("llava", "llava_next", "idefics3")
 """Model types whose forward is verified to continue from a cached prefix with 1-D positions taken
-from the mask (Qwen2-VL's 3-D rope positions and Idefics3's image merging are not: they run unshared,
-through transformers' own position handling and ``generate``)."""
+from the mask (tests/test_decode.py, tests/test_families.py). Qwen2-VL / 2.5-VL are not: their 3-D
+rotary positions (``get_rope_index``, from the image grid) are not the mask's, so they run unshared,
+through transformers' own position handling and ``generate`` (a one-line warning says so)."""
 MIN_SHARED_PREFIX = 16
 """Shorter common prefixes are not worth a separate pass."""
 
@@ -71,6 +73,10 @@ class PromptBatcher:
         self.verified = getattr(config, "model_type", None) in VERIFIED_FAMILIES
         """1-D positions from the mask (each row's own, padding skipped) and batched processor calls."""
         self.share = share_prefix and self.verified
+        if not self.verified:
+            warnings.warn(f"{getattr(config, 'model_type', type(model).__name__)}: agentrl's own decode loop and the "
+                          f"shared prompt prefix are verified for {', '.join(VERIFIED_FAMILIES)} only; this model "
+                          f"uses transformers' generate and unshared forwards (correct, slower)", stacklevel=2)
         # the prefix stops before the first image/video placeholder: what follows depends on the row's pixels
         self.media_ids = torch.tensor(sorted({
             int(getattr(config, k)) for k in ("image_token_id", "image_token_index", "video_token_id")

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 
 from agentrl.config import ConfigError, describe_keys, load_config, to_yaml
+from agentrl.families import FAMILIES
 
 
 @cache
@@ -51,7 +52,8 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     p.add_argument("--checkpoint", help="checkpoint dir written by fit or sft")
     p.add_argument("--episodes", type=int, default=100, help="held-out episodes to run")
     p.add_argument("--greedy", action="store_true", help="arg-max decoding instead of sampling")
-    p.add_argument("--out", help="JSON file to write [default: CHECKPOINT/eval.json]")
+    p.add_argument("--out", help="JSON file to write, replacing one there [default: CHECKPOINT/eval-eval-greedy.json "
+                   "or eval-eval-sampled.json; if taken, the first free of ...-2.json, ...-3.json: never replaced]")
 
     p = sub.add_parser("sft", help="supervised warm start from expert data", formatter_class=fmt, epilog=epilog)
     _add_config_args(p)
@@ -74,6 +76,8 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
     p.add_argument("out", help="directory to write (a Hugging Face checkpoint)")
     p.add_argument("--size", choices=("tiny", "2b"), default="tiny",
                    help="tiny: the CPU model; 2b: a ~1.6B random-weight LLaVA (bf16) for GPU benchmarks")
+    p.add_argument("--family", choices=FAMILIES, default="llava",
+                   help="model family: its stock model and processor classes at the same tiny widths")
 
     p = sub.add_parser("alfworld-gen", help="author ALFWorld games offline")
     p.add_argument("--out", required=True, help="output directory")
@@ -103,7 +107,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "make-tiny-model":
         from agentrl.tiny import make_tiny_model
 
-        return make_tiny_model(args.out, args.size)
+        return make_tiny_model(args.out, args.size, args.family)
     if args.command == "alfworld-gen":
         try:
             from agentrl.envs.alfworld.gen import main as gen_main

@@ -8,6 +8,7 @@ offline model of :mod:`agentrl.tiny`. Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import inspect
 import re
 import warnings
 from pathlib import Path
@@ -40,21 +41,11 @@ def resolve_model_path(path: str) -> Path:
 
 def load_vlm(cfg: ModelConfig) -> tuple[Any, Any]:
     """(model, processor) for ``cfg.path``, in ``cfg.dtype``, tokenizer left-padded with a pad token."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     path = resolve_model_path(cfg.path)
-    try:
-        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, ImportError) as e:  # ImportError: e.g. Qwen2-VL's wants torchvision
-        raise ConfigError(f"model.path {cfg.path!r} has no loadable processor: {e}") from e
-    tokenizer = getattr(processor, "tokenizer", None)
-    if getattr(processor, "image_processor", None) is None or tokenizer is None:
-        # AutoProcessor quietly returns a bare tokenizer when it finds no processor class.
-        raise ConfigError(
-            f"model.path {cfg.path} is not a vision-language checkpoint (AutoProcessor gave "
-            f"{type(processor).__name__}, with no image processor and tokenizer); give a "
-            f"Hugging Face image-text-to-text checkpoint such as llava-hf/llava-1.5-7b-hf"
-        )
+    processor = load_processor(path, cfg.path)
+    tokenizer = processor.tokenizer
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             path,
@@ -70,6 +61,142 @@ def load_vlm(cfg: ModelConfig) -> tuple[Any, Any]:
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, processor
+
+
+def load_processor(path: Path, name: str | None = None) -> Any:
+    """The checkpoint's processor, with an image processor and a tokenizer, or a ConfigError saying why not.
+
+    ``AutoProcessor`` first. Where that fails only because the processor's video part needs a package
+    this machine lacks (Qwen2-VL / 2.5-VL's video processor wants torchvision), or where it quietly
+    returns a bare tokenizer for a checkpoint that has an image processor, the processor class the
+    checkpoint names is built from its image processor, tokenizer and chat template alone
+    (:func:`image_only_processor`): agentrl feeds images, never videos.
+    """
+    from transformers import AutoProcessor
+
+    name = name or str(path)
+    class_name = _processor_class(path)
+    try:
+        processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+        cause = None
+    except (ImportError, OSError, ValueError) as e:  # ImportError: e.g. torchvision for Qwen2-VL's video part
+        if class_name is None or not isinstance(e, ImportError) and not _has_video_part(class_name):
+            raise ConfigError(f"model.path {name!r} has no loadable processor: {e}") from e
+        processor, cause = None, e
+    if _is_vlm_processor(processor):
+        return processor
+    if class_name is None:
+        raise ConfigError(
+            f"model.path {name} is not a vision-language checkpoint (AutoProcessor gave "
+            f"{type(processor).__name__}, with no image processor and tokenizer, and no processor class is named in "
+            f"processor_config.json, preprocessor_config.json or tokenizer_config.json); give a Hugging Face "
+            f"image-text-to-text checkpoint such as llava-hf/llava-1.5-7b-hf"
+        ) from cause
+    try:
+        processor = _image_only_from_pretrained(path, class_name)
+    except (ImportError, OSError, ValueError, TypeError, AttributeError) as e:
+        why = f"AutoProcessor failed with {type(cause).__name__}: {cause}" if cause else (
+            f"AutoProcessor gave a bare {type(processor).__name__}")
+        missing = getattr(cause, "name", None) or getattr(e, "name", None)
+        todo = f"pip install {missing}" if missing else "install the packages it names or upgrade transformers"
+        raise ConfigError(
+            f"model.path {name!r} names processor class {class_name!r}, which does not load here ({why}), "
+            f"nor without its video part ({type(e).__name__}: {e}); {todo}"
+        ) from e
+    return processor
+
+
+def _is_vlm_processor(processor: Any) -> bool:
+    return getattr(processor, "image_processor", None) is not None and getattr(processor, "tokenizer", None) is not None
+
+
+def _has_video_part(class_name: str) -> bool:
+    import transformers
+
+    cls = getattr(transformers, class_name, None)
+    return isinstance(cls, type) and "video_processor" in inspect.signature(cls.__init__).parameters
+
+
+def _processor_class(path: Path) -> str | None:
+    """The processor class a checkpoint names in its saved configs, or None."""
+    import json
+
+    for file in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        try:
+            name = json.loads((path / file).read_text()).get("processor_class")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if name:
+            return str(name)
+    return None
+
+
+def _image_only_from_pretrained(path: Path, class_name: str) -> Any:
+    """``class_name`` (a transformers processor class) from the checkpoint's image processor, tokenizer and
+    chat template, without any video processor."""
+    import json
+
+    import transformers
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    cls = getattr(transformers, class_name, None)
+    if not isinstance(cls, type) or not issubclass(cls, transformers.ProcessorMixin):
+        raise ValueError(f"transformers {transformers.__version__} has no processor class {class_name!r}")
+    image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    template = None
+    if (path / "chat_template.jinja").is_file():
+        template = (path / "chat_template.jinja").read_text()
+    elif (path / "chat_template.json").is_file():
+        template = json.loads((path / "chat_template.json").read_text()).get("chat_template")
+    template = template or getattr(tokenizer, "chat_template", None)
+    saved: dict[str, Any] = {}
+    if (path / "processor_config.json").is_file():
+        saved = json.loads((path / "processor_config.json").read_text())
+    # the processor's own settings (Idefics3's image_seq_len, ...), not its sub-processors
+    accepted = inspect.signature(cls.__init__).parameters
+    keep = {k: v for k, v in saved.items() if k in accepted and
+            k not in ("image_processor", "tokenizer", "video_processor", "chat_template")}
+    image_only = image_only_processor(cls)
+    if image_only is not cls:  # kept, so that saving this processor keeps the checkpoint's video settings
+        video = saved.get("video_processor")
+        if video is None and (path / "video_preprocessor_config.json").is_file():
+            video = json.loads((path / "video_preprocessor_config.json").read_text())
+        keep["video_config"] = video
+    return image_only(image_processor=image_processor, tokenizer=tokenizer, chat_template=template, **keep)
+
+
+_IMAGE_ONLY: dict[type, type] = {}
+
+
+def image_only_processor(cls: type) -> type:
+    """A subclass of processor class ``cls`` that has no video processor (so needs no torchvision).
+
+    It processes images and text exactly as ``cls`` does and carries ``cls``'s name, so what it
+    saves names the stock class; ``video_config`` (the checkpoint's video processor
+    settings, if any) is saved with it, so a machine with torchvision loads the same files with
+    the stock class, video processor included. Classes without a video processor come back as they are.
+    """
+    if "video_processor" not in inspect.signature(cls.__init__).parameters:
+        return cls
+    if cls not in _IMAGE_ONLY:
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, video_config=None,
+                     **kwargs):
+            # the parent's setup runs as usual; ProcessorMixin keeps only the attributes this signature names
+            cls.__init__(self, image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+            self.video_config = video_config
+
+        def to_dict(self) -> dict[str, Any]:
+            out = cls.to_dict(self)
+            out.pop("video_config", None)
+            return out | ({"video_processor": self.video_config} if self.video_config else {})
+
+        _IMAGE_ONLY[cls] = type(cls.__name__, (cls,), {
+            "__init__": __init__, "to_dict": to_dict, "__module__": __name__,
+            "__qualname__": f"image_only_processor.<{cls.__name__}>",
+            "__doc__": f"{cls.__name__} without its video processor (images only; no torchvision needed)."})
+    return _IMAGE_ONLY[cls]
 
 
 def apply_finetuning(model: nn.Module, cfg: ModelConfig) -> nn.Module:

@@ -34,18 +34,26 @@ SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, IMAGE_TOKEN]
 
 # ChatML. A message's content is a string or a list of {"type": "image"} /
 # {"type": "text", "text": ...} items (the Hugging Face multimodal chat format).
-CHAT_TEMPLATE = (
+_CHATML = (
     "{%- for message in messages -%}"
     "{{ '<|im_start|>' + message['role'] + '\\n' }}"
     "{%- if message['content'] is string -%}{{ message['content'] }}"
     "{%- else -%}{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{{ '<image>' }}"
+    "{%- if item['type'] == 'image' -%}{{ 'IMAGE' }}"
     "{%- elif item['type'] == 'text' -%}{{ item['text'] }}{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
     "{{ '<|im_end|>\\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
 )
+
+
+def chatml_template(image: str = IMAGE_TOKEN) -> str:
+    """The ChatML chat template, rendering an image item as ``image`` (Qwen wraps its pad token in vision tags)."""
+    return _CHATML.replace("'IMAGE'", repr(image))
+
+
+CHAT_TEMPLATE = chatml_template()
 
 
 @dataclass(frozen=True)
@@ -93,8 +101,13 @@ SIZES = {
 """Named specs for ``agentrl make-tiny-model --size``."""
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 3000, max_length: int = 2048):
-    """A byte-level BPE fast tokenizer trained on ``corpus``: any text encodes, left padding."""
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 3000, max_length: int = 2048, *,
+                    special: list[str] | None = None, eos: str = EOS_TOKEN, named: dict[str, str] | None = None):
+    """A byte-level BPE fast tokenizer trained on ``corpus``: any text encodes, left padding.
+
+    ``special``: the special tokens, in id order (default :data:`SPECIAL_TOKENS`); ``eos``: the one that
+    ends a turn; ``named``: tokens the processor finds by attribute (default ``{"image_token": "<image>"}``).
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -103,7 +116,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 3000, max_length: i
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special or SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes
         show_progress=False,
     )
@@ -112,8 +125,8 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 3000, max_length: i
         tokenizer_object=bpe,
         pad_token=PAD_TOKEN,
         bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        eos_token=eos,
+        extra_special_tokens=named or {"image_token": IMAGE_TOKEN},
         padding_side="left",
         model_max_length=max_length,
     )
@@ -200,12 +213,19 @@ def tiny_config(spec: TinySpec, tokenizer: Any) -> Any:
 
 
 def build_tiny_vlm(
-    out_dir: str | Path, corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = None, dtype: Any = None
+    out_dir: str | Path, corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = None, dtype: Any = None,
+    family: str = "llava",
 ) -> Path:
-    """Build the tiny VLM (see :func:`tiny_vlm`) and ``save_pretrained`` model and processor into ``out_dir``."""
+    """Build the tiny VLM (see :func:`tiny_vlm`; another ``family``: :func:`agentrl.families.family_vlm`)
+    and ``save_pretrained`` model and processor into ``out_dir``."""
     from transformers.utils import logging as hf_logging
 
-    model, processor = tiny_vlm(corpus, seed=seed, spec=spec, dtype=dtype)
+    if family == "llava":
+        model, processor = tiny_vlm(corpus, seed=seed, spec=spec, dtype=dtype)
+    else:
+        from agentrl.families import family_vlm
+
+        model, processor = family_vlm(family, corpus, seed=seed, spec=spec, dtype=dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bars = hf_logging.is_progress_bar_enabled()
@@ -231,27 +251,35 @@ def cache_root() -> Path:
     return Path(os.environ.get("AGENTRL_CACHE") or Path.home() / ".cache" / "agentrl")
 
 
-def tiny_version(corpus: list[str], spec: TinySpec | None = None, seed: int = 0) -> str:
-    """A name that changes whenever the build settings, the seed or the corpus change."""
+FAMILY_BUILD_VERSION = 1
+"""Bump when :mod:`agentrl.families` changes in a way the spec does not show (LLaVA's names keep ``build_version``)."""
+
+
+def tiny_version(corpus: list[str], spec: TinySpec | None = None, seed: int = 0, family: str = "llava") -> str:
+    """A name that changes whenever the build settings, the seed, the corpus or the family change."""
     spec = spec or TinySpec()
-    blob = json.dumps({"spec": asdict(spec), "seed": seed, "corpus": corpus}, sort_keys=True)
+    settings: dict[str, Any] = {"spec": asdict(spec), "seed": seed, "corpus": corpus}
+    if family != "llava":  # LLaVA's names predate the other families: cached builds stay valid
+        settings |= {"family": family, "family_build": FAMILY_BUILD_VERSION}
+    blob = json.dumps(settings, sort_keys=True)
     return f"v{spec.build_version}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
-def tiny_model_path(corpus_fn: Callable[[], Iterable[str]] | None = None) -> Path:
-    """The cached tiny model directory, built on first use.
+def tiny_model_path(corpus_fn: Callable[[], Iterable[str]] | None = None, family: str = "llava") -> Path:
+    """The cached tiny model directory of ``family``, built on first use.
 
     The build goes to a temporary sibling directory that is renamed into place
     when complete, so an interrupted or concurrent build never leaves a half model.
     """
     corpus = list((corpus_fn or default_corpus)())
-    final = cache_root() / f"tiny-vlm-{tiny_version(corpus)}"
+    name = "tiny-vlm" if family == "llava" else f"tiny-{family}"
+    final = cache_root() / f"{name}-{tiny_version(corpus, family=family)}"
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        build_tiny_vlm(tmp, corpus)
+        build_tiny_vlm(tmp, corpus, family=family)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -262,12 +290,14 @@ def tiny_model_path(corpus_fn: Callable[[], Iterable[str]] | None = None) -> Pat
     return final
 
 
-def make_tiny_model(out: str, size: str = "tiny") -> int:
-    """CLI ``agentrl make-tiny-model OUT [--size tiny|2b]``: build a random-weight VLM of a named size into OUT.
+def make_tiny_model(out: str, size: str = "tiny", family: str = "llava") -> int:
+    """CLI ``agentrl make-tiny-model OUT [--size tiny|2b] [--family F]``: build a random-weight VLM into OUT.
 
     "tiny" is the model tests and the CPU configs use; "2b" (bfloat16 weights, ~3 GB) is
     for GPU throughput and memory checks, e.g.
     ``python tools/bench_rollout.py --model-path OUT --device cuda --dtype bfloat16``.
+    ``family`` (:data:`agentrl.families.FAMILIES`): LLaVA, or the same widths as LLaVA-NeXT,
+    Qwen2-VL, Qwen2.5-VL or Idefics3, each loading through its own stock classes.
     """
     import time
 
@@ -276,12 +306,18 @@ def make_tiny_model(out: str, size: str = "tiny") -> int:
 
     spec = SIZES[size]
     start = time.perf_counter()
-    path = build_tiny_vlm(out, default_corpus(), spec=spec, dtype=None if size == "tiny" else torch.bfloat16)
+    path = build_tiny_vlm(out, default_corpus(), spec=spec, dtype=None if size == "tiny" else torch.bfloat16,
+                          family=family)
     seconds = time.perf_counter() - start
     size_mb = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 1e6
     config = AutoConfig.from_pretrained(path)
+    tokens = spec.num_image_tokens
+    if family != "llava":
+        from agentrl.models import image_token_count, load_processor
+
+        tokens = image_token_count(load_processor(path), spec.image_size, spec.image_size)
     print(
         f"{size} VLM ({config.model_type}, {size_mb:.1f} MB of weights, "
-        f"{spec.num_image_tokens} image tokens of {spec.image_size} px) written to {path} in {seconds:.1f} s"
+        f"{tokens} image tokens of {spec.image_size} px) written to {path} in {seconds:.1f} s"
     )
     return 0

@@ -9,7 +9,10 @@ favour short episodes. Answers are greedy (``--greedy``) or sampled at
 ``rollout.temperature``; an answer naming no legal action takes a random legal
 one, as in training, and counts as a parse failure.
 
-The JSON written (default ``<checkpoint>/eval.json``) has these keys:
+The JSON goes to ``--out FILE`` (replacing a file there, and saying so) or by default into the
+checkpoint as ``eval-<split>-<greedy|sampled>.json`` (split "eval": the held-out one); an existing
+result is never replaced: the next run of that split and mode writes ``eval-eval-greedy-2.json``,
+``-3`` and so on. The path written is printed. The JSON has these keys:
   env, split ("eval"), checkpoint, greedy, seed, episodes   what was run
   success_rate       share of episodes with success (positive return, or won)
   mean_return        mean undiscounted episode return
@@ -23,19 +26,23 @@ The JSON written (default ``<checkpoint>/eval.json``) has these keys:
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import replace
+from itertools import count
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agentrl.checkpoint import load_trainable, resolve_resume
 from agentrl.config import Config, ConfigError
 from agentrl.distributed import make_fabric
+from agentrl.report import make_console
 from agentrl.rollout import EpisodeMemory
 
 
@@ -96,7 +103,11 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
 
 def evaluate(cfg: Config, checkpoint: str | None, episodes: int, *, greedy: bool = False, out: str | None = None,
              console: Console | None = None) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` (or the config's model as is) on held-out episodes; writes and returns the JSON."""
+    """Evaluate ``checkpoint`` (or the config's model as is) on held-out episodes; writes and returns the JSON.
+
+    Written to ``out``, else to a name of its own in the checkpoint (see the module docstring); the returned
+    dict adds ``path``, where it went.
+    """
     from transformers.utils import logging as hf_logging
 
     from agentrl.fit import build, set_threads
@@ -109,7 +120,7 @@ def evaluate(cfg: Config, checkpoint: str | None, episodes: int, *, greedy: bool
     hf_logging.disable_progress_bar()
     set_threads(cfg.trainer.num_threads, 1)
     fabric = make_fabric(cfg.trainer, devices=1)  # trainer.accelerator and trainer.precision, as fit
-    console = console or Console(stderr=True)
+    console = console or make_console()
     ckpt = resolve_resume(checkpoint, "--checkpoint") if checkpoint else None
     cfg = replace(cfg, policy=replace(cfg.policy, init_from=None))
     torch.manual_seed(cfg.seed)
@@ -135,17 +146,50 @@ def evaluate(cfg: Config, checkpoint: str | None, episodes: int, *, greedy: bool
     types = sorted({r["task_type"] for r in records if r["task_type"]})
     result["by_task_type"] = {t: summarize([r for r in records if r["task_type"] == t]) for t in types}
     result["per_episode"] = records
-    path = Path(out) if out else (ckpt or Path(cfg.trainer.out_dir)) / "eval.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    text = json.dumps(result, indent=2)
+    if out:
+        path, replaced = Path(out), Path(out).exists()
+        _write(path, text)
+    else:
+        path, replaced = write_new(ckpt or Path(cfg.trainer.out_dir), f"eval-{result['split']}-{_mode(greedy)}",
+                                   text), False
     console.print(table(result))
-    console.print(f"wrote {path}")
-    return result
+    console.print(escape(f"wrote {path}" + (" (replacing the file that was there)" if replaced else "")))
+    return {**result, "path": str(path)}
+
+
+def write_new(directory: Path, stem: str, text: str) -> Path:
+    """Write ``text`` to ``directory/stem.json``, or the first of ``stem-2.json``, ``stem-3.json``, ... not taken.
+
+    A name is claimed by creating it exclusively, so two evals of one checkpoint at once never share one.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for n in count(1):
+        path = directory / (f"{stem}.json" if n == 1 else f"{stem}-{n}.json")
+        try:
+            path.open("x").close()
+        except FileExistsError:
+            continue
+        _write(path, text)
+        return path
+    raise AssertionError("unreachable")
+
+
+def _write(path: Path, text: str) -> None:
+    """Whole or not at all: a temp file renamed over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _mode(greedy: bool) -> str:
+    return "greedy" if greedy else "sampled"
 
 
 def table(result: dict[str, Any]) -> Table:
     """The rich table of a result: the env's row, then one per task type."""
-    mode = "greedy" if result["greedy"] else "sampled"
+    mode = _mode(result["greedy"])
     t = Table(title=f"agentrl eval: {result['env']} (held-out split, {mode})")
     for col in ("", "episodes", "success", "mean return", "mean length", "parse failures"):
         t.add_column(col, justify="left" if not col else "right")

@@ -1,6 +1,7 @@
 """agentrl eval: exact episode counts, held-out seeds, the JSON it writes, and clear config errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -118,12 +119,39 @@ def test_cli_eval_writes_the_documented_json(sft_checkpoint, tmp_path):
     assert result["by_task_type"] == {}  # NumberLine has no task types
 
 
-def test_eval_default_output_is_in_the_checkpoint(sft_checkpoint):
+def test_eval_results_are_named_by_split_and_mode_and_never_replaced(sft_checkpoint, tmp_path, capsys):
     from agentrl.evaluate import evaluate
 
+    ckpt = tmp_path / ("a-checkpoint-dir-whose-path-is-longer-than-80-columns-" + "x" * 30)
+    shutil.copytree(sft_checkpoint, ckpt)
     cfg = load_config(ROOT / "conf/numberline.yaml", [*SMALL, "env.num_envs=1"])
-    result = evaluate(cfg, str(sft_checkpoint), 2, greedy=False)
-    assert json.loads((sft_checkpoint / "eval.json").read_text())["episodes"] == result["episodes"] == 2
+
+    def episodes(name):
+        return json.loads((ckpt / name).read_text())["episodes"]
+
+    assert evaluate(cfg, str(ckpt), 2, greedy=False)["path"] == str(ckpt / "eval-eval-sampled.json")
+    assert evaluate(cfg, str(ckpt), 1, greedy=True)["path"] == str(ckpt / "eval-eval-greedy.json")
+    assert evaluate(cfg, str(ckpt), 3, greedy=True)["path"] == str(ckpt / "eval-eval-greedy-2.json")
+    assert (episodes("eval-eval-sampled.json"), episodes("eval-eval-greedy.json"),
+            episodes("eval-eval-greedy-2.json")) == (2, 1, 3)  # the earlier results are kept
+    assert not (ckpt / "eval.json").exists()
+    capsys.readouterr()
+
+    # --out names the file: it is replaced, and the message says so
+    out = tmp_path / "mine.json"
+    evaluate(cfg, str(ckpt), 1, greedy=True, out=str(out))
+    assert capsys.readouterr().err.rstrip().endswith(f"wrote {out}")
+    evaluate(cfg, str(ckpt), 2, greedy=True, out=str(out))
+    assert f"wrote {out} (replacing the file that was there)" in capsys.readouterr().err
+    assert json.loads(out.read_text())["episodes"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ckpt.name, out.name])  # no temp files left
+
+    # the CLI, its output to a pipe (a log file): the path written is printed whole on one line
+    proc = _cli("eval", "-c", str(ROOT / "conf/numberline.yaml"), *SMALL, "--checkpoint", str(ckpt),
+                "--episodes", "1", "--greedy")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote {ckpt / 'eval-eval-greedy-3.json'}\n" in proc.stderr
+    assert episodes("eval-eval-greedy-3.json") == 1 and episodes("eval-eval-greedy.json") == 1
 
 
 def test_cli_eval_other_config_exits_2(sft_checkpoint):

@@ -95,15 +95,27 @@ def load_processor(path: Path, name: str | None = None) -> Any:
     try:
         processor = _image_only_from_pretrained(path, class_name)
     except (ImportError, OSError, ValueError, TypeError, AttributeError) as e:
-        why = f"AutoProcessor failed with {type(cause).__name__}: {cause}" if cause else (
+        why = f"AutoProcessor failed with {type(cause).__name__}: {_first_line(cause)}" if cause else (
             f"AutoProcessor gave a bare {type(processor).__name__}")
-        missing = getattr(cause, "name", None) or getattr(e, "name", None)
+        missing = _missing_package(cause) or _missing_package(e)
         todo = f"pip install {missing}" if missing else "install the packages it names or upgrade transformers"
         raise ConfigError(
             f"model.path {name!r} names processor class {class_name!r}, which does not load here ({why}), "
-            f"nor without its video part ({type(e).__name__}: {e}); {todo}"
+            f"nor without its video part ({type(e).__name__}: {_first_line(e)}); {todo}"
         ) from e
     return processor
+
+
+def _first_line(e: BaseException) -> str:
+    return next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
+def _missing_package(e: BaseException | None) -> str | None:
+    """The package an ImportError says is missing ("No module named x", or transformers' "requires the X library")."""
+    if not isinstance(e, ImportError):
+        return None
+    found = re.search(r"requires the (\S+) library", str(e))
+    return e.name or (found.group(1).lower() if found else None)
 
 
 def _is_vlm_processor(processor: Any) -> bool:

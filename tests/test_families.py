@@ -175,12 +175,13 @@ def test_a_vlm_whose_processor_cannot_load_gets_a_clear_error(tmp_path, monkeypa
     with pytest.raises(ConfigError, match=r"Qwen9VLProcessor.*upgrade transformers"):
         load_processor(unknown)
 
-    def missing(*args, **kwargs):
-        raise ModuleNotFoundError("Qwen2VLVideoProcessor requires the torchvision library", name="torchvision")
+    def missing(*args, **kwargs):  # transformers' own wording, which names no module
+        raise ImportError("\nQwen2VLVideoProcessor requires the Torchvision library but it was not found in your "
+                          "environment. Check out the instructions on the\ninstallation page: ...")
 
     monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", missing)
     monkeypatch.setattr(transformers.AutoImageProcessor, "from_pretrained", missing)
-    with pytest.raises(ConfigError, match=r"Qwen2VLProcessor.*torchvision.*pip install torchvision"):
+    with pytest.raises(ConfigError, match=r"Qwen2VLProcessor.*Torchvision library.*pip install torchvision$"):
         load_processor(path)
 
     text_only = tmp_path / "text_only"  # a tokenizer alone: not a VLM

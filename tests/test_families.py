@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -291,7 +292,7 @@ def test_fit_trains_every_family(family, finetune, tmp_path):
     model_keys = [k for k in last if not k.startswith("value_head.")]
     assert model_keys and (finetune == "full" or all("lora_" in k for k in model_keys))
     assert any(not torch.equal(first[k], last[k]) for k in model_keys)  # the VLM itself moved
-    assert result.counters["env_steps"] == 2 * 4 and all(v == v for v in [result.metrics["losses/value"]])
+    assert result.counters["env_steps"] == 2 * 4 and math.isfinite(result.metrics["losses/value"])
 
 
 @pytest.mark.parametrize("finetune", ["full", "lora"])

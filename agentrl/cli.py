@@ -7,16 +7,37 @@ it came from; engines import lazily so `--help` and config checks are instant.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from collections.abc import Callable, Sequence
 from functools import cache
+from typing import Any
 
 from agentrl.config import ConfigError, describe_keys, load_config, to_yaml
 from agentrl.families import FAMILIES
 
 
+def _keys_epilog(cfg: Any = None, source: str = "") -> str:
+    """Every config key with its doc and the code's default; with ``cfg``, also its value where ``source`` (the
+    config file and the overrides) changes it."""
+    if cfg is None:
+        return _defaults_epilog()
+    from agentrl.config.loading import key_values
+
+    values, defaults = key_values(cfg), key_values(load_config())  # both resolved: runs/${env.name} alike
+    rows = describe_keys()
+    width = max(len(k) for k, _, _ in rows)
+    lines = ["config keys (set in YAML or as dotted overrides, e.g. ppo.clip=0.2 prompt.cot=false); where",
+             f"{source} sets a value other than the code's default, it follows: [default: D; {source}: V]"]
+    for key, default, doc in rows:
+        value = f"; {source}: {values[key]}" if values[key] != defaults[key] else ""
+        lines.append(f"  {key:<{width}}  {doc} [default: {default}{value}]")
+    return "\n".join(lines)
+
+
 @cache
-def _keys_epilog() -> str:
+def _defaults_epilog() -> str:
     rows = describe_keys()
     width = max(len(k) for k, _, _ in rows)
     lines = ["config keys (set in YAML or as dotted overrides, e.g. ppo.clip=0.2 prompt.cot=false):"]
@@ -36,12 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     return _parsers()[0]
 
 
-def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
-    """The root parser and each command's own."""
+def _parsers(cfg: Any = None, source: str = "") -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The root parser and each command's own; with ``cfg``, the keys' help shows its values (see _keys_epilog)."""
     fmt = argparse.RawDescriptionHelpFormatter
     root = argparse.ArgumentParser(prog="agentrl", description="Fine-tune VLMs as decision-making agents with PPO.")
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    epilog = _keys_epilog()
+    epilog = _keys_epilog(cfg, source)
 
     p = sub.add_parser("fit", help="train with PPO", formatter_class=fmt, epilog=epilog,
                        description="Collect on-policy rollouts and update the VLM and value head with PPO.")
@@ -180,13 +201,32 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     root, commands = _parsers()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in OVERRIDE_COMMANDS:
+        if any(a in HELP for a in argv[1:]):  # with -c, the help shows that config's values
+            root, commands = _parsers(*_help_config(commands[argv[0]], argv[1:]))
         return commands[argv[0]].parse_intermixed_args(argv[1:], argparse.Namespace(command=argv[0]))
     return root.parse_args(argv)
 
 
+HELP = ("-h", "--help")
+
+
+def _help_config(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[Any, str]:
+    """(the config that ``-c`` and the overrides on the command line resolve to, where it came from), or
+    (None, "") without ``-c``. A config that does not load raises its :class:`ConfigError`."""
+    with contextlib.redirect_stderr(io.StringIO()):  # a line that does not parse gets the plain help
+        try:
+            args, _ = parser.parse_known_intermixed_args([a for a in argv if a not in HELP])
+        except SystemExit:
+            return None, ""
+    if not args.config:
+        return None, ""
+    source = args.config + (" + overrides" if args.overrides else "")
+    return load_config(args.config, args.overrides), source
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
     try:
+        args = _parse_args(argv)
         return _run(args)
     except ConfigError as e:
         print(f"agentrl: error: {e}", file=sys.stderr)

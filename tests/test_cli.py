@@ -94,3 +94,53 @@ def test_make_test_keeps_its_caches_in_the_checkout_as_ci_does(tmp_path, target)
     assert make(AGENTRL_CACHE=str(tmp_path / "mine")) == f"AGENTRL_CACHE={tmp_path / 'mine'}"  # a set one wins
     ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", ".cache/agentrl/x"])
     assert ignored.returncode == 0  # .gitignore covers it
+
+
+# ---------------------------------------------------------------- --help shows a config's values
+
+
+def _help(capsys, *argv):
+    from agentrl.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(list(argv))
+    assert e.value.code == 0
+    return capsys.readouterr().out
+
+
+def _key_line(text: str, key: str) -> str:
+    lines = [line for line in text.splitlines() if line.startswith(f"  {key} ")]
+    assert len(lines) == 1, key
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ["fit", "sft", "eval", "sweep"])
+def test_help_with_a_config_shows_its_values_next_to_the_defaults(tmp_path, capsys, command):
+    from agentrl.config import describe_keys
+
+    default = {key: d for key, d, _ in describe_keys()}
+    conf = tmp_path / "x.yaml"
+    conf.write_text(f"base: {ROOT / 'conf/numberline.yaml'}\nppo:\n  clip: 0.25\nrollout:\n  temperature: 0.7\n")
+
+    text = _help(capsys, command, "-c", str(conf), "--help")
+    assert _key_line(text, "ppo.clip").endswith(f"[default: {default['ppo.clip']}; {conf}: 0.25]")
+    assert _key_line(text, "rollout.temperature").endswith(f"[default: {default['rollout.temperature']}; {conf}: 0.7]")
+    assert _key_line(text, "env.num_envs").endswith(f"[default: {default['env.num_envs']}; {conf}: 8]")  # its base's
+    assert _key_line(text, "ppo.gae_lambda").endswith(f"[default: {default['ppo.gae_lambda']}]")  # unchanged
+    assert _key_line(text, "trainer.out_dir").endswith("[default: runs/${env.name}]")  # resolves alike
+
+    text = _help(capsys, command, "ppo.clip=0.3", "-c", str(conf), "-h", "seed=5")  # overrides count too
+    assert _key_line(text, "ppo.clip").endswith(f"[default: {default['ppo.clip']}; {conf} + overrides: 0.3]")
+    assert _key_line(text, "seed").endswith(f"[default: {default['seed']}; {conf} + overrides: 5]")
+
+    text = _help(capsys, command, "--help")  # without -c: the code's defaults only
+    assert _key_line(text, "ppo.clip").endswith(f"[default: {default['ppo.clip']}]")
+
+
+def test_help_with_a_broken_config_names_the_key(tmp_path, capsys):
+    from agentrl.cli import main
+
+    conf = tmp_path / "x.yaml"
+    conf.write_text("ppo:\n  clpi: 0.25\n")
+    assert main(["fit", "-c", str(conf), "--help"]) == 2
+    assert f"{conf}: unknown key 'ppo.clpi' (did you mean 'ppo.clip'?)" in capsys.readouterr().err

@@ -183,6 +183,18 @@ def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, 
     return rows
 
 
+def key_values(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Every dotted leaf key of a resolved config (a :class:`Config` or one of its sections) and its value."""
+    values = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            values.update(key_values(value, f"{prefix}{f.name}."))
+        else:
+            values[f"{prefix}{f.name}"] = value
+    return values
+
+
 @cache
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring written under each field of a dataclass, read from its source."""

@@ -46,11 +46,15 @@ def _defaults_epilog() -> str:
     return "\n".join(lines)
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
+def _add_config_args(p: argparse.ArgumentParser, show_prompt: str | None = None) -> None:
     p.add_argument("-c", "--config", help="YAML config (may name 'base: other.yaml')")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, applied last (they may sit anywhere among the options)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    if show_prompt:
+        p.add_argument("--show-prompt", action="store_const", const=show_prompt, default=None,
+                       help=f"print the prompt of each env's first step ({show_prompt} split) as the model "
+                            "receives it, where the image goes and its size, and exit")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,10 +70,10 @@ def _parsers(cfg: Any = None, source: str = "") -> tuple[argparse.ArgumentParser
 
     p = sub.add_parser("fit", help="train with PPO", formatter_class=fmt, epilog=epilog,
                        description="Collect on-policy rollouts and update the VLM and value head with PPO.")
-    _add_config_args(p)
+    _add_config_args(p, show_prompt="train")
 
     p = sub.add_parser("eval", help="held-out evaluation of a checkpoint", formatter_class=fmt, epilog=epilog)
-    _add_config_args(p)
+    _add_config_args(p, show_prompt="eval")
     p.add_argument("--checkpoint", help="checkpoint dir written by fit or sft")
     p.add_argument("--episodes", type=int, default=100, help="held-out episodes to run")
     p.add_argument("--greedy", action="store_true", help="arg-max decoding instead of sampling")
@@ -140,6 +144,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    if getattr(args, "show_prompt", None):
+        return _show_prompts(cfg, args.show_prompt)
     commands: dict[str, Callable[[], int]] = {
         "fit": lambda: _fit(cfg, args),
         "eval": lambda: _eval(cfg, args),
@@ -164,6 +170,55 @@ def _fit(cfg, args: argparse.Namespace) -> int:
     except Preempted as e:  # SIGTERM / SIGINT: checkpointed, 143 / 130 as a killed process would exit
         print(f"agentrl fit: stopped: {e}", file=sys.stderr)
         return e.exit_code
+    return 0
+
+
+def _show_prompts(cfg: Any, split: str) -> int:
+    """Print each env's first prompt as the model receives it: the chat-templated text with its image marker,
+    then what the marker becomes (image tokens, pixel size). Builds the processor, not the model."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from agentrl.batching import PromptBatcher
+    from agentrl.models import load_processor, resolve_model_path
+    from agentrl.registry import Components
+
+    parts = Components.resolve(cfg)
+    path = resolve_model_path(cfg.model.path)
+    processor = load_processor(path, cfg.model.path)
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.path {cfg.model.path!r} has no model config: {e}") from None
+    # the policy's own prompt encoding; it reads only the model's config
+    batcher = PromptBatcher(SimpleNamespace(config=config), processor, image_size=cfg.model.image_size)
+    template = parts.make_template(cfg)
+    marker = getattr(processor, "image_token", None) or "<image>"
+    marker_id = processor.tokenizer.convert_tokens_to_ids(marker)
+    envs = parts.make_env(cfg, split)
+    try:
+        observations = envs.reset(cfg.seed)  # as rank 0 of fit (eval) starts
+    finally:
+        envs.close()
+    for i, obs in enumerate(observations):
+        messages = template.messages(obs, ())
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = batcher.encode(messages, obs.image)
+        print(f"===== env {i} of {len(observations)} ({cfg.env.name}, {split} split, reset with seed {cfg.seed}): "
+              f"{prompt['input_ids'].shape[-1]} tokens =====")
+        print(text, end="" if text.endswith("\n") else "\n")
+        print(f"----- end of the text ({len(text)} characters, ending {text[-16:]!r})")
+        if obs.image is None:
+            print("----- no image: text only")
+            continue
+        h, w = obs.image.shape[:2]
+        size = f"resized to {cfg.model.image_size}x{cfg.model.image_size} (model.image_size)" \
+            if cfg.model.image_size else "as is (model.image_size: null)"
+        line = next((n for n, t in enumerate(text.splitlines(), 1) if marker in t), None)
+        pixels = "x".join(map(str, prompt["pixel_values"].shape)) if "pixel_values" in prompt else "?"
+        print(f"----- image: {marker} on line {line} becomes {int((prompt['input_ids'] == marker_id).sum())} image "
+              f"tokens; the env's {w}x{h} RGB picture goes to the processor {size}: pixel_values {pixels}")
     return 0
 
 

@@ -64,6 +64,18 @@ def test_sft_writes_loss_accuracy_and_lr_per_step_and_its_log_lines_whole(tmp_pa
         assert sum(last) / 2 == pytest.approx(metrics[key], rel=1e-5), key
 
 
+def test_fit_progress_and_summary_reach_a_log_file_whole(tmp_path, tiny_path):
+    out = tmp_path / ("a-run-dir-with-a-name-long-enough-to-pass-80-columns-" + "x" * 40)
+    proc = _cli("fit", "-c", str(ROOT / "conf/numberline.yaml"), *SMALL, "trainer.max_updates=1",
+                "trainer.checkpoint_every=1", f"trainer.out_dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = _line_with(proc.stderr, "update 1: success")
+    assert all(part in line for part in ("parse-fail", "policy", "value", "kl", "steps/s"))
+    assert f"tensorboard --logdir {out / 'tensorboard'}" in _line_with(proc.stderr, "TensorBoard")
+    assert str(out / "checkpoints" / "update_000001") in _line_with(proc.stderr, "checkpoint")
+    assert not any(line.endswith(" ") for line in proc.stderr.splitlines())  # no padding to the wide width
+
+
 # ---------------------------------------------------------------- make test keeps its caches in the checkout
 
 
@@ -144,3 +156,56 @@ def test_help_with_a_broken_config_names_the_key(tmp_path, capsys):
     conf.write_text("ppo:\n  clpi: 0.25\n")
     assert main(["fit", "-c", str(conf), "--help"]) == 2
     assert f"{conf}: unknown key 'ppo.clpi' (did you mean 'ppo.clip'?)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --show-prompt
+
+
+def _first_prompts(cfg, split):
+    """(chat-templated text, the policy's own encoding) of each env's first observation, as a run builds them."""
+    from agentrl.registry import Components
+
+    parts = Components.resolve(cfg)
+    policy, template, envs = parts.make_policy(cfg), parts.make_template(cfg), parts.make_env(cfg, split)
+    try:
+        observations = envs.reset(cfg.seed)
+    finally:
+        envs.close()
+    out = []
+    for obs in observations:
+        messages = template.messages(obs, ())
+        text = policy.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        out.append((text, policy.encode(messages, obs.image), policy.model.config.image_token_id))
+    return out
+
+
+@pytest.mark.parametrize("command,split", [("fit", "train"), ("eval", "eval")])
+def test_show_prompt_prints_each_envs_first_prompt_and_trains_nothing(tmp_path, tiny_path, command, split):
+    from agentrl.config import load_config
+
+    overrides = ["env.num_envs=2", "model.image_size=64", f"trainer.out_dir={tmp_path / 'run'}"]
+    proc = _cli(command, "-c", str(ROOT / "conf/numberline.yaml"), *overrides, "--show-prompt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+    blocks = proc.stdout.split("===== env ")[1:]
+    assert len(blocks) == 2
+    for i, (block, (text, encoded, image_id)) in enumerate(zip(blocks, _first_prompts(load_config(
+            ROOT / "conf/numberline.yaml", overrides), split))):
+        head, body = block.split(" =====\n", 1)
+        assert head == f"{i} of 2 (numberline, {split} split, reset with seed 0): {encoded['input_ids'].shape[-1]} tokens"
+        assert body.startswith(text)  # the exact text, image marker included
+        assert "<image>" in text and "You are playing Number Line" in text and text.endswith("assistant\n")
+        n_image = int((encoded["input_ids"] == image_id).sum())
+        pixels = "x".join(map(str, encoded["pixel_values"].shape))
+        assert (f"----- image: <image> on line 2 becomes {n_image} image tokens; the env's 224x224 RGB picture goes "
+                f"to the processor resized to 64x64 (model.image_size): pixel_values {pixels}") in body
+        assert n_image > 0
+
+
+def test_show_prompt_of_a_text_only_alfworld_env(tmp_path, tiny_path):
+    proc = _cli("fit", "-c", str(ROOT / "conf/alfworld.yaml"), "env.num_envs=1", "env.vector=sync", "env.image=none",
+                "--show-prompt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("===== env 0 of 1 (alfworld, train split, reset with seed 0): ")
+    assert "Task: " in proc.stdout and "Admissible actions: " in proc.stdout and "<image>" not in proc.stdout
+    assert proc.stdout.rstrip().endswith("----- no image: text only")

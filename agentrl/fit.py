@@ -145,7 +145,7 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
 
         # 3. advantages, whitened with statistics over every rank
         adv, ret = estimator(rollout)
-        if cfg.ppo.normalize_advantages:
+        if cfg.ppo.normalize_advantages and getattr(estimator, "whiten", True):  # group ones are normalised
             adv = whiten_global(fabric, adv)
         rollout.advantages, rollout.returns = adv, ret
 

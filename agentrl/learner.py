@@ -35,15 +35,17 @@ class Learner:
     def __init__(self, fabric: Fabric, policy: PolicyModule, cfg: Config) -> None:
         p, world = cfg.ppo, fabric.world_size
         self.fabric, self.policy, self.cfg = fabric, policy, cfg
-        optimizer = torch.optim.Adam([
-            {"params": [q for q in policy.model.parameters() if q.requires_grad], "lr": p.lr},
-            {"params": list(policy.value_head.parameters()), "lr": p.value_lr or p.lr},
-        ])
+        groups = [{"params": [q for q in policy.model.parameters() if q.requires_grad], "lr": p.lr}]
+        if policy.has_critic:  # a critic-free estimator's policy has no value head to train
+            groups.append({"params": list(policy.value_head.parameters()), "lr": p.value_lr or p.lr})
+        optimizer = torch.optim.Adam(groups)
         opt_steps = p.epochs * math.ceil(cfg.rollout.steps_per_update / p.minibatch_size)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, cfg.trainer.max_updates * opt_steps), eta_min=p.min_lr)
         self.policy_f, self.optimizer = fabric.setup(policy, optimizer)  # every trainable weight is float32 already
         self.minibatch_size = p.minibatch_size // world  # this rank's share of each minibatch
+        self.minibatches = math.ceil(cfg.steps_per_env(world) * cfg.env.num_envs / self.minibatch_size)
+        """Optimizer steps per epoch, as planned (a grouped rollout, larger than planned, keeps the count)."""
         self.shuffle = torch.Generator().manual_seed(cfg.seed + fabric.global_rank)
         self.bad_in_a_row = 0
         """Optimizer steps with NaN/inf gradients in a row, across updates."""
@@ -59,7 +61,7 @@ class Learner:
         opt_steps = p.epochs * math.ceil(self.cfg.rollout.steps_per_update / p.minibatch_size)
         sched.T_max = max(1, self.cfg.trainer.max_updates * opt_steps, sched.last_epoch)
         sched.eta_min = p.min_lr
-        sched.base_lrs = [p.lr, p.value_lr or p.lr]
+        sched.base_lrs = [p.lr, p.value_lr or p.lr][: len(self.optimizer.param_groups)]
         progress = math.cos(math.pi * sched.last_epoch / sched.T_max)
         for group, base in zip(self.optimizer.param_groups, sched.base_lrs):
             group["lr"] = p.min_lr + (base - p.min_lr) * (1 + progress) / 2
@@ -79,7 +81,8 @@ class Learner:
         for _ in range(p.epochs):
             epochs += 1
             epoch_kl = 0.0
-            for mb in data.minibatches(rollout.size, self.minibatch_size, self.shuffle, lengths=rollout.lengths):
+            for mb in data.minibatches(rollout.size, self.minibatch_size, self.shuffle, lengths=rollout.lengths,
+                                       count=self.minibatches):
                 terms = accumulate_gradients(self.fabric, self.policy, self.policy_f, rollout, mb, self.cfg)
                 first_micro = terms.pop("first_micro_ratio_error")
                 if n_steps == 0:  # before any optimizer step: 0 up to round-off when sampling = scoring
@@ -104,7 +107,10 @@ class Learner:
             if p.target_kl is not None and epoch_kl / rollout.size > p.target_kl:
                 break
         out = {k: v / (rollout.size * epochs) for k, v in sums.items()}
-        out["explained_variance"] = ppo.explained_variance(rollout.values, rollout.returns)
+        if self.policy.has_critic:
+            out["explained_variance"] = ppo.explained_variance(rollout.values, rollout.returns)
+        else:
+            out.pop("value", None)
         out["start_ratio_error"] = start_ratio_error
         out["skipped_steps"] = float(skipped)
         out["optimizer_steps"] = float(n_steps)
@@ -141,6 +147,10 @@ def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, ro
     micro = mb.split(p.micro_batch_size)
     names = ("policy", "value", "entropy", "approx_kl", "clipfrac")
     sums = torch.zeros(len(names))
+    by_token = p.loss_type == "token"
+    if by_token:  # the policy term is a mean over the minibatch's weighted answer tokens
+        token_total = float(sum(rollout.weights[i].sum() for i in mb.tolist()))
+    vf_coef = p.vf_coef if policy.has_critic else 0.0
     for j, idx in enumerate(micro):
         ix = idx.tolist()
         inputs = policy.collate_train([rollout.prompts[i] for i in ix], [rollout.gen_ids[i] for i in ix],
@@ -149,11 +159,18 @@ def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, ro
             token_logp, values, entropy = policy_f(inputs, with_entropy=cfg.policy.entropy_coef > 0)
             dev = values.device
             logp = ppo.weighted_logprob(token_logp.float(), inputs.weights.to(dev))
+            tokens = None
+            if by_token:
+                w = inputs.weights.to(dev)
+                old = torch.zeros_like(w)
+                for row, i in enumerate(ix):
+                    old[row, : len(rollout.token_logp[i])] = rollout.token_logp[i].to(dev)
+                tokens = (token_logp.float(), old, w, 1.0 / max(token_total, 1e-8))
             terms = ppo.ppo_losses(
                 logp, rollout.logp[idx].to(dev), rollout.advantages[idx].to(dev), values.float(),
                 rollout.values[idx].to(dev), rollout.returns[idx].to(dev), entropy.float(),
-                clip=p.clip, value_clip=p.value_clip, vf_coef=p.vf_coef,
-                entropy_coef=cfg.policy.entropy_coef, scale=1.0 / len(mb),
+                clip=p.clip, value_clip=p.value_clip, vf_coef=vf_coef,
+                entropy_coef=cfg.policy.entropy_coef, scale=1.0 / len(mb), tokens=tokens,
             )
             fabric.backward(terms.total)
         sums += torch.stack([getattr(terms, n).detach().float().cpu() for n in names]) * len(mb)

@@ -44,6 +44,13 @@ class ValueHead(nn.Module):
             return self.net(h.float()).squeeze(-1)
 
 
+class NoValueHead(nn.Module):
+    """A critic-free policy's stand-in: no parameters, V = 0 (nothing is built, trained or saved)."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.zeros(h.shape[0], device=h.device)
+
+
 class PolicyModule(L.LightningModule):
     """The VLM with a value head: samples actions, scores them, and is trained by PPO."""
 
@@ -59,21 +66,23 @@ class PolicyModule(L.LightningModule):
         max_new_tokens: int = 256,
         image_size: int | None = None,
         share_prefix: bool = True,
+        critic: bool = True,
     ) -> None:
         super().__init__()
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.thought_coef = thought_coef
-        self.value_head = ValueHead(text_hidden_size(model), value_hidden)
+        self.value_head = ValueHead(text_hidden_size(model), value_hidden) if critic else NoValueHead()
         self.batcher = PromptBatcher(model, processor, image_size=image_size, share_prefix=share_prefix)
         self.sampler = Sampler(temperature=temperature, top_p=top_p, bad_ids=suppressed_token_ids(processor),
                                eos_ids=eos_token_ids(model, self.tokenizer))
         self.decoder = Decoder(model, self.batcher, self.sampler, self.value_head, max_new_tokens=max_new_tokens)
 
     @classmethod
-    def from_config(cls, cfg: Any) -> PolicyModule:
-        """Load ``cfg.model``, apply its fine-tuning (LoRA or full), and wrap it with a fresh value head."""
+    def from_config(cls, cfg: Any, critic: bool = True) -> PolicyModule:
+        """Load ``cfg.model``, apply its fine-tuning (LoRA or full), and wrap it with a fresh value head
+        (``critic=False``: none, for the critic-free estimators)."""
         from agentrl.models import apply_finetuning, load_vlm
 
         model, processor = load_vlm(cfg.model)
@@ -81,8 +90,12 @@ class PolicyModule(L.LightningModule):
         return cls(
             model, processor, thought_coef=cfg.policy.thought_coef, value_hidden=list(cfg.policy.value_hidden),
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
-            image_size=cfg.model.image_size, share_prefix=cfg.policy.share_prefix,
+            image_size=cfg.model.image_size, share_prefix=cfg.policy.share_prefix, critic=critic,
         )
+
+    @property
+    def has_critic(self) -> bool:
+        return not isinstance(self.value_head, NoValueHead)
 
     def train(self, mode: bool = True) -> PolicyModule:
         """Train mode (``fit`` sets it for the PPO update, eval mode for rollouts), every dropout kept off.

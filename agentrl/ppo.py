@@ -86,6 +86,20 @@ def policy_loss(logp: Tensor, old_logp: Tensor, advantages: Tensor, clip: float)
     return -torch.min(unclipped, clipped)
 
 
+def token_policy_loss(token_logp: Tensor, old_token_logp: Tensor, advantages: Tensor, weights: Tensor,
+                      clip: float) -> Tensor:
+    """Clipped surrogate per token, times the token's weight, summed per sample (B,); shapes (B, L) and (B,).
+
+    ``ppo.loss_type=token``: each answer token has its own ratio r_t = exp(logp_t - old_logp_t) and the
+    sample's advantage; the lambda weight w_t (thought_coef on CoT tokens, 0 on padding) scales its term.
+    Divide the sum by the minibatch's total weight for the per-token mean.
+    """
+    ratio = torch.exp(token_logp - old_token_logp)
+    adv = advantages[:, None]
+    per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv)
+    return (per_token * weights).sum(dim=-1)
+
+
 def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float | None) -> Tensor:
     """Per-sample (B,) value loss 0.5 * (V - R)^2, or its pessimistic clipped form.
 
@@ -143,13 +157,20 @@ def ppo_losses(
     vf_coef: float,
     entropy_coef: float,
     scale: float,
+    tokens: tuple[Tensor, Tensor, Tensor, float] | None = None,
 ) -> LossTerms:
     """Sum of per-sample terms (B,) times ``scale`` (= 1 / minibatch size).
 
     Summing instead of averaging per micro-batch makes gradient accumulation over
-    micro-batches exactly equal to one pass over the whole minibatch.
+    micro-batches exactly equal to one pass over the whole minibatch. ``tokens`` =
+    (token_logp, old_token_logp, weights (B, L), token_scale = 1 / the minibatch's total
+    weight): the policy term is :func:`token_policy_loss` instead (``ppo.loss_type=token``).
     """
-    pl = policy_loss(logp, old_logp, advantages, clip).sum() * scale
+    if tokens is None:
+        pl = policy_loss(logp, old_logp, advantages, clip).sum() * scale
+    else:
+        token_logp, old_token_logp, weights, token_scale = tokens
+        pl = token_policy_loss(token_logp, old_token_logp, advantages, weights, clip).sum() * token_scale
     vl = value_loss(values, old_values, returns, value_clip).sum() * scale
     ent = entropy.sum() * scale
     total = pl + vf_coef * vl - entropy_coef * ent

@@ -39,10 +39,14 @@ POLICIES: dict[str, str] = {
 
 DATA_MODULES: dict[str, str] = {
     "on_policy": "agentrl.rollout:RolloutDataModule",
+    "grouped": "agentrl.groups:GroupRolloutDataModule",
 }
 
 ESTIMATORS: dict[str, str] = {
     "gae": "agentrl.advantage:GAE",
+    "grpo": "agentrl.advantage:GRPO",
+    "rloo": "agentrl.advantage:RLOO",
+    "gigpo": "agentrl.advantage:GiGPO",
 }
 
 # Default template and parser per env family ("auto" in the config).
@@ -109,6 +113,9 @@ class Components:
         tmpl_name, parser_name = FAMILY_DEFAULTS.get(family, ("gym_cards", "json"))
         template = cfg.prompt.template if cfg.prompt.template != "auto" else tmpl_name
         parser = cfg.parser.name if cfg.parser.name != "auto" else parser_name
+        data_name = cfg.rollout.name
+        if data_name == "on_policy" and cfg.rollout.group_size > 1:  # groups play whole episodes together
+            data_name = "grouped"
         if cfg.policy.kl_coef and cfg.model.finetune != "lora":
             raise ConfigError("policy.kl_coef > 0 needs model.finetune=lora (the reference policy is the base "
                               "model with adapters disabled)")
@@ -117,7 +124,7 @@ class Components:
             template=resolve("template", "prompt.template", template, TEMPLATES, base="agentrl.prompts:PromptTemplate"),
             parser=resolve("parser", "parser.name", parser, PARSERS, base="agentrl.parsing:ActionParser"),
             policy=resolve("policy", "policy.name", cfg.policy.name, POLICIES, base="agentrl.policy:PolicyModule"),
-            data=resolve("data module", "rollout.name", cfg.rollout.name, DATA_MODULES,
+            data=resolve("data module", "rollout.name", data_name, DATA_MODULES,
                          base="agentrl.rollout:RolloutDataModule"),
             estimator=resolve("advantage estimator", "advantage.estimator", cfg.advantage.estimator, ESTIMATORS,
                               base="agentrl.advantage:AdvantageEstimator"),
@@ -133,7 +140,8 @@ class Components:
         return self.parser.from_config(cfg.parser)
 
     def make_policy(self, cfg: Config) -> Any:
-        return self.policy.from_config(cfg)
+        """The policy, with a value head only when the estimator uses values (a critic-free one does not)."""
+        return self.policy.from_config(cfg, critic=getattr(self.estimator, "uses_values", True))
 
     def make_data(self, cfg: Config, rank: int = 0, world_size: int = 1) -> Any:
         return self.data.from_config(cfg, rank=rank, world_size=world_size)

@@ -81,8 +81,9 @@ class Reporter:
                   f"  parse-fail {_pct(metrics['parse/failure_rate'])}")
         self.progress.update(self.task, completed=step, status=status)
         self.progress.console.log(
-            f"update {step}: {status}  policy {metrics['losses/policy']:+.4f}  value {metrics['losses/value']:.4f}"
-            f"  kl {metrics['losses/approx_kl']:.4f}  {metrics['perf/env_steps_per_s']:.1f} steps/s"
+            f"update {step}: {status}  policy {metrics['losses/policy']:+.4f}"
+            + (f"  value {metrics['losses/value']:.4f}" if "losses/value" in metrics else "")
+            + f"  kl {metrics['losses/approx_kl']:.4f}  {metrics['perf/env_steps_per_s']:.1f} steps/s"
         )
         if every and step % every == 0:
             scalars = {k: v for k, v in metrics.items() if not math.isnan(v)}

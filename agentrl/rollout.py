@@ -66,6 +66,14 @@ class Rollout:
     """Seconds spent in generate, env.step and scoring."""
     samples_for_log: list[tuple[EnvObs, str]] = field(default_factory=list)
     """A few (observation, answer) pairs to show in TensorBoard."""
+    token_logp: list[Tensor] | None = None
+    """B per-token log-probs (L_b,) under the sampling policy (``ppo.loss_type=token`` needs them)."""
+    episode_of: Tensor | None = None
+    """Grouped rollouts (:mod:`agentrl.groups`): (B,) the episode (0..E-1) each sample belongs to."""
+    group_of: Tensor | None = None
+    """Grouped rollouts: (B,) the group (envs that started from the same state) of each sample."""
+    anchors: Tensor | None = None
+    """Grouped rollouts: (B,) int64 id of each sample's observation; identical observations share it."""
     advantages: Tensor | None = None
     """(B,) filled by the trainer."""
     returns: Tensor | None = None
@@ -199,6 +207,7 @@ class RolloutDataModule:
         from_generate = self.logprobs_from == "generate"
         gen_logp: list[Tensor] = []
         gen_values: list[Tensor] = []
+        token_logp: list[Tensor] = []
         for t in range(T):
             if should_stop is not None and should_stop():
                 raise CollectAbandoned(f"stopped before env step {t} of {T}")
@@ -223,6 +232,7 @@ class RolloutDataModule:
                 weights.append(self.policy.token_weights(gen.ids[i], start, self.cot))
                 if from_generate:
                     gen_logp.append((gen.token_logp[i] * weights[-1]).sum())
+                    token_logp.append(gen.token_logp[i].float().cpu())
             if from_generate:
                 gen_values.append(gen.values)
             if t == 0:
@@ -252,7 +262,7 @@ class RolloutDataModule:
         if from_generate:
             logp, values = torch.stack(gen_logp), torch.cat(gen_values)
         else:
-            logp, values = self.score(prompts, gen_ids, weights)
+            logp, values, token_logp = self.score_tokens(prompts, gen_ids, weights)
         self._prompts = self.encode_all(self._obs)  # the next collect starts from these
         last_values = self.policy.values(self._prompts)
         final_values = torch.zeros(T, N)
@@ -272,6 +282,7 @@ class RolloutDataModule:
             rewards=rewards_t, terminated=term_t, truncated=trunc_t, next_values=next_values,
             episodes=episodes, parse_failures=failures, gen_tokens=tokens,
             timings={"generate": t_gen, "env": t_env, "score": t_score}, samples_for_log=to_log,
+            token_logp=token_logp,
         )
 
     @torch.no_grad()
@@ -282,7 +293,13 @@ class RolloutDataModule:
         ``reference=True`` scores with the LoRA adapters disabled: the frozen
         base model, with no second copy in memory.
         """
-        logps, values = [], []
+        return self.score_tokens(prompts, gen_ids, weights, reference)[:2]
+
+    @torch.no_grad()
+    def score_tokens(self, prompts: list[Prompt], gen_ids: list[Tensor], weights: list[Tensor],
+                     reference: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """:meth:`score` plus each answer's per-token log-probs (L_b,)."""
+        logps, values, tokens = [], [], [None] * len(prompts)
         # chunks of similar length pad less; results go back to the input order below
         order = sorted(range(len(prompts)), key=lambda i: prompts[i]["input_ids"].shape[-1] + len(gen_ids[i]))
         for lo in range(0, len(order), self.score_batch_size):
@@ -294,22 +311,31 @@ class RolloutDataModule:
                     token_logp, v, _ = self.policy(inputs)
             else:
                 token_logp, v, _ = self.policy(inputs)
-            logps.append(ppo.weighted_logprob(token_logp.float().cpu(), inputs.weights))
+            token_logp = token_logp.float().cpu()
+            logps.append(ppo.weighted_logprob(token_logp, inputs.weights))
             values.append(v.float().cpu())
+            for row, i in enumerate(ix):
+                tokens[i] = token_logp[row, : len(gen_ids[i])].clone()
         inverse = torch.argsort(torch.tensor(order))
-        return torch.cat(logps)[inverse], torch.cat(values)[inverse]
+        return torch.cat(logps)[inverse], torch.cat(values)[inverse], tokens
 
     # ------------------------------------------------------------ 4. PPO minibatches
 
     def minibatches(self, size: int, minibatch_size: int, generator: torch.Generator,
-                    lengths: Tensor | None = None) -> Iterator[Tensor]:
+                    lengths: Tensor | None = None, count: int | None = None) -> Iterator[Tensor]:
         """Shuffled sample indices, ``minibatch_size`` at a time (the last may be smaller).
 
         With ``lengths`` (B,), each minibatch is sorted by length, so its micro-batches
         pad less; the minibatch, hence its gradient, is the same up to float round-off.
+        ``count``: exactly this many minibatches (of near-equal size) when ``minibatch_size``
+        would give another number (a grouped rollout larger than planned), so the optimizer
+        steps per update, hence the LR schedule, stay as planned.
         """
         order = torch.randperm(size, generator=generator)
-        for mb in order.split(minibatch_size):
+        chunks = order.split(minibatch_size)
+        if count is not None and len(chunks) != count:
+            chunks = order.tensor_split(count)
+        for mb in chunks:
             yield mb if lengths is None else mb[torch.argsort(lengths[mb], stable=True)]
 
     # ------------------------------------------------------------ resume

@@ -137,7 +137,7 @@ class PolicyConfig:
     entropy_coef: float = 0.0
     """Bonus on token entropy of the generated text; 0 turns it off (as the paper)."""
     share_prefix: bool = True
-    """Run the prompt prefix a batch shares once (generate, scoring, training); LLaVA-family models only, others ignore it."""
+    """Run the prompt prefix a batch shares once (generate, scoring, training); LLaVA, LLaVA-NeXT and Idefics3; Qwen2-VL/2.5-VL run unshared (their 3-D rotary positions), with a warning."""
 
     def __post_init__(self) -> None:
         check_ranges("policy.", self, thought_coef="[0, 1]", value_hidden="all >= 1", kl_coef=">= 0",
@@ -176,8 +176,11 @@ class PPOConfig:
     """Whiten advantages per batch (global statistics across ranks)."""
     target_kl: float | None = None
     """Stop the PPO epochs early when approx KL exceeds this; None never stops."""
+    loss_type: str = "sequence"
+    """Policy loss unit: "sequence" (the paper's: one ratio per answer from its lambda-weighted log-prob, averaged over answers) or "token" (one clipped ratio per answer token, weighted by its lambda weight, averaged over the minibatch's weighted tokens, as TRL's dapo/bnpo)."""
 
     def __post_init__(self) -> None:
+        check_choice("ppo.loss_type", self.loss_type, ("sequence", "token"))
         check_ranges("ppo.", self, gamma="[0, 1]", gae_lambda="[0, 1]", clip="> 0", value_clip="None or > 0",
                       vf_coef=">= 0", epochs=">= 1", minibatch_size=">= 1", micro_batch_size=">= 1", lr="> 0",
                       min_lr=">= 0", value_lr="None or > 0", max_grad_norm="> 0", target_kl="None or > 0")
@@ -191,7 +194,18 @@ class AdvantageConfig:
     """How rollouts become advantages."""
 
     estimator: str = "gae"
-    """Advantage estimator by name (gae: GAE with the value head, ppo.gamma and ppo.gae_lambda) or "pkg.module:Class"."""
+    """Advantage estimator by name: gae (GAE with the value head, ppo.gamma and ppo.gae_lambda), or the critic-free group estimators grpo, rloo, gigpo (need rollout.group_size >= 2; no value head is built), or "pkg.module:Class"."""
+    scale_by_std: bool = True
+    """grpo/gigpo: divide by the group's standard deviation; false is Dr. GRPO (mean-centred only)."""
+    step_weight: float = 1.0
+    """gigpo: weight of the step-level (anchor state) advantage added to the episode-level one."""
+
+    def __post_init__(self) -> None:
+        check_ranges("advantage.", self, step_weight=">= 0")
+
+
+GROUP_ESTIMATORS = ("grpo", "rloo", "gigpo")
+"""Built-in estimators that compare the episodes of a group (rollout.group_size) instead of using a critic."""
 
 
 @dataclass
@@ -208,12 +222,14 @@ class RolloutConfig:
     """Nucleus sampling threshold."""
     max_new_tokens: int = 256
     """Longest generated answer."""
+    group_size: int = 1
+    """Envs per group: a group's G envs start every episode from the same state (seed, game file) and play it together; a rollout then holds whole groups (at least steps_per_update env steps; groups running at the budget finish). 1: no groups."""
     logprobs_from: str = "auto"
     """Old log-probs and values: "generate" (from the sampling pass itself), "forward" (a second, teacher-forced scoring pass, exactly the update's) or "auto" (generate at 32-true, forward under 16-bit autocast, where the two passes differ by ~1% in ratio)."""
 
     def __post_init__(self) -> None:
         check_ranges("rollout.", self, steps_per_update=">= 1", temperature="> 0", top_p="(0, 1]",
-                      max_new_tokens=">= 1")
+                      max_new_tokens=">= 1", group_size=">= 1")
         check_choice("rollout.logprobs_from", self.logprobs_from, ("auto", "generate", "forward"))
 
 
@@ -341,6 +357,16 @@ class Config:
         if self.rollout.steps_per_update % self.env.num_envs:
             raise ConfigError(f"rollout.steps_per_update ({self.rollout.steps_per_update}) must be a multiple of "
                               f"env.num_envs ({self.env.num_envs})")
+        g, estimator = self.rollout.group_size, self.advantage.estimator
+        if self.env.num_envs % g:
+            raise ConfigError(f"rollout.group_size ({g}) must divide env.num_envs ({self.env.num_envs}): "
+                              f"each group is {g} envs of one process")
+        if estimator in GROUP_ESTIMATORS and g < 2:
+            raise ConfigError(f"advantage.estimator={estimator} compares the episodes of a group: set "
+                              f"rollout.group_size >= 2 (e.g. 4) and env.num_envs a multiple of it")
+        if estimator == "gae" and g > 1:
+            raise ConfigError(f"rollout.group_size={g} only serves the group estimators ({', '.join(GROUP_ESTIMATORS)}); "
+                              f"with advantage.estimator=gae leave it at 1")
         if self.ppo.minibatch_size > self.rollout.steps_per_update:
             raise ConfigError(f"ppo.minibatch_size ({self.ppo.minibatch_size}) exceeds rollout.steps_per_update "
                               f"({self.rollout.steps_per_update}); lower it or collect more steps")

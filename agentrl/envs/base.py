@@ -94,6 +94,18 @@ class EnvModule(ABC):
         Used for SFT data and tests.
         """
 
+    def reset_slots(self, slots: list[int], key: int) -> list[EnvObs]:
+        """Restart the envs ``slots`` on the same start state, named by ``key``; their new observations.
+
+        Grouped rollouts (``rollout.group_size``) need it: a group's envs start each episode from
+        identical states (a gym_cards seed, an ALFWorld game file), so their returns compare.
+        The other envs are left as they are.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot restart chosen envs on a shared start state (reset_slots), which "
+            "rollout.group_size > 1 needs; implement reset_slots or use advantage.estimator=gae"
+        )
+
     def state_dict(self) -> dict[str, Any] | None:
         """Everything needed to continue the current episodes exactly, or None if this module can't.
 

@@ -142,6 +142,32 @@ class AlfworldModule(EnvModule):
                       f"({self.dropped_episodes} dropped so far)", stacklevel=3)
         return slots
 
+    def reset_slots(self, slots: list[int], key: int) -> list[EnvObs]:
+        """Envs ``slots`` restart on the game drawn by ``key`` (the same game file for all)."""
+        if self._workers is None:
+            if not self._games:
+                raise RuntimeError("this AlfworldModule is closed; make a new one")
+            obs = [self._games[i].reset(f"group/{key}") for i in slots]
+        else:
+            for i in slots:
+                self._workers.conns[i].send(("reset", (f"group/{key}",)))
+            obs = []
+            for i in slots:
+                conn = self._workers.conns[i]
+                timeout = self._workers.timeout
+                if (timeout is not None and not conn.poll(timeout)) or not self._workers.procs[i].is_alive():
+                    self._workers.restart(i)
+                    self.restarts += 1
+                    conn = self._workers.conns[i]
+                    conn.send(("reset", (f"group/{key}",)))
+                status, value = conn.recv()
+                if status != "ok":
+                    raise RuntimeError(f"ALFWorld worker {i} failed in 'reset':\n{value}")
+                obs.append(value)
+        for i, o in zip(slots, obs):
+            self._last[i] = o
+        return obs
+
     def expert_fields(self) -> list[dict[str, Any]]:
         return self._call("expert_fields", [() for _ in range(self.num_envs)])
 

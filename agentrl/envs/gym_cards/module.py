@@ -130,6 +130,32 @@ class GymCardsModule(EnvModule):
         self._last = [self._obs(obs[i], _unbatch(infos, i)) for i in range(self.num_envs)]
         return self._last
 
+    def reset_slots(self, slots: list[int], key: int) -> list[EnvObs]:
+        """Envs ``slots`` restart from the deal of seed ``key`` (all the same); the others keep going."""
+        if not self._started:
+            self.reset(self._seed if hasattr(self, "_seed") else 0)
+        mask = np.zeros(self.num_envs, bool)
+        mask[slots] = True
+        seed = env_seed(key, self.split, 0)
+        seeds = [seed if m else None for m in mask]
+        try:
+            if self._async:
+                self.envs.reset_async(seed=seeds, options={"reset_mask": mask})
+                obs, infos = self.envs.reset_wait(timeout=self.timeout)
+            else:
+                obs, infos = self.envs.reset(seed=seeds, options={"reset_mask": mask})
+        except (EOFError, ConnectionError, mp.TimeoutError) as e:
+            if not self._async:
+                raise
+            self._restart(e, "reset")  # every env restarted; the caller's groups begin again from here
+            self.reset(self._seed + 1_000_003 * self.restarts)
+            return self.reset_slots(slots, key)
+        self._returns[slots] = 0
+        self._lengths[slots] = 0
+        for i in slots:
+            self._last[i] = self._obs(obs[i], _unbatch(infos, i))
+        return [self._last[i] for i in slots]
+
     def _restart(self, error: Exception, during: str) -> None:
         """Kill every worker (SIGKILL: a stopped or deadlocked one ignores SIGTERM) and start new ones."""
         self.restarts += 1

@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agentrl.config import ConfigError, load_config
+from agentrl.report import make_console
 
 TAGS = {"env_steps": "charts/env_steps", "success_rate": "charts/success_rate",
         "episode_return": "charts/episode_return", "parse_failure_rate": "parse/failure_rate"}
@@ -336,7 +337,7 @@ def _updates_done(log: Path) -> int:
 def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], seeds: str, parallel: int = 1,
               out: str | None = None, force: bool = False, console: Console | None = None) -> int:
     """The `agentrl sweep` command; returns the exit status (1 if any run failed)."""
-    console = console or Console(stderr=True)
+    console = console or make_console()
     if parallel < 1:
         raise ConfigError(f"--parallel {parallel}: must be >= 1")
     grid = parse_grid(grid_items, overrides)

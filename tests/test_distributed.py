@@ -64,6 +64,21 @@ def test_cli_two_processes_uneven_episodes_do_not_hang(tmp_path, tiny_path):
     assert (out / "checkpoints" / "update_000002" / "trainer_state.pt").is_file()
 
 
+def test_two_processes_with_groups_of_different_sizes_step_together(tmp_path, tiny_path):
+    """Grouped rollouts differ in size per rank (whole groups); both ranks still take the planned steps."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "agentrl.cli", "fit", "-c", str(ROOT / "conf/numberline.yaml"), *SMALL,
+           "advantage.estimator=gigpo", "rollout.group_size=2", "trainer.max_updates=2", f"trainer.out_dir={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("losses/optimizer_steps")] == [8.0, 8.0]  # 16 / 8 per epoch x 4 epochs
+    steps = [e.value for e in events.Scalars("charts/env_steps")]
+    assert steps[0] >= 16 and steps[1] >= steps[0] + 16  # at least the budget, whole groups
+    assert "losses/value" not in events.Tags()["scalars"]
+
+
 def test_slow_rank_is_named_not_hung(tmp_path, tiny_path):
     cmd = [sys.executable, "-m", "agentrl.cli", "fit", "-c", str(ROOT / "conf/numberline.yaml"), *SMALL,
            "env.name=slow_env:SlowOnRank1", "trainer.collective_timeout_s=5", "trainer.max_updates=1",

@@ -101,12 +101,27 @@ def save_checkpoint(
     return ckpt_dir
 
 
+def mark_best(ckpt: Path) -> None:
+    """Point ``checkpoints/best`` (a relative symlink, replaced atomically) at ``ckpt``."""
+    tmp = ckpt.parent / f".best.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(ckpt.name, tmp)
+    os.replace(tmp, ckpt.parent / "best")
+
+
+def best_checkpoint(ckpts: Path) -> Path | None:
+    """The complete checkpoint ``ckpts/best`` points at, if any (``trainer.eval_every``)."""
+    link = Path(ckpts) / "best"
+    return link.resolve() if link.is_symlink() and (link / "trainer_state.pt").is_file() else None
+
+
 def prune(ckpts: Path, keep: int | None) -> list[Path]:
-    """Delete all but the newest ``keep`` complete checkpoints (never the one ``latest`` names); returns them."""
+    """Delete all but the newest ``keep`` complete checkpoints (never the one ``latest`` names, nor the best);
+    returns them."""
     if keep is None:
         return []
-    newest = latest_checkpoint(ckpts)
-    old = [c for c in complete_checkpoints(ckpts) if c != newest][max(keep - 1, 0):]
+    newest, best = latest_checkpoint(ckpts), best_checkpoint(ckpts)
+    old = [c for c in complete_checkpoints(ckpts) if c != newest and c.resolve() != best][max(keep - 1, 0):]
     for c in old:
         shutil.rmtree(c, ignore_errors=True)
     return old
@@ -114,7 +129,8 @@ def prune(ckpts: Path, keep: int | None) -> list[Path]:
 
 def clean_stale(ckpts: Path) -> list[Path]:
     """Remove what killed writes leave (``.tmp-*`` dirs and pointer temp files); call with the run dir locked."""
-    stale = [p for p in Path(ckpts).glob(".tmp-*")] + list(Path(ckpts).glob(".latest.tmp-*"))
+    stale = [p for p in Path(ckpts).glob(".tmp-*")] + list(Path(ckpts).glob(".latest.tmp-*")) + \
+        list(Path(ckpts).glob(".best.tmp-*"))
     for p in stale:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     return stale

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from lightning.fabric.loggers import TensorBoardLogger
 
-from agentrl.checkpoint import RunDirLock, clean_stale, load_trainable, resolve_resume, run_meta
+from agentrl.checkpoint import RunDirLock, clean_stale, load_trainable, mark_best, resolve_resume, run_meta
 from agentrl.config import Config, ConfigError, to_yaml
 from agentrl.distributed import Meeting, make_fabric
+from agentrl.heldout import HeldOut
 from agentrl.learner import Learner, whiten_global
 from agentrl.policy import PolicyModule
 from agentrl.registry import Components
@@ -122,6 +123,9 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
     reporter = Reporter(fabric, logger, total=t.max_updates, start=run.update)
     metrics: dict[str, float] = {}
     saved_at = run.update
+    heldout = HeldOut(cfg, parts, fabric, data.template, data.parser) if t.eval_every else None
+    if heldout is not None and run.update == 0:  # the start, to compare the first evaluation with
+        reporter.held_out(0, heldout(policy), run.counters)
 
     def checkpoint() -> Path | None:
         return save_update(fabric, out_dir / "checkpoints" / f"update_{run.update:06d}", policy=policy,
@@ -162,9 +166,17 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
         run.counters["env_steps"] += int(metrics.pop("_samples"))
         run.counters["episodes"] += int(metrics["charts/episodes"])
         metrics["lr"] = learner.lr
+        best = False
+        if heldout is not None and run.update % t.eval_every == 0:
+            held = heldout(policy)
+            metrics.update(held)
+            best = held["eval/success_rate"] > run.best_eval  # the same on every rank (gathered records)
+            run.best_eval = max(run.best_eval, held["eval/success_rate"])
         reporter.update(run.update, metrics, rollout, run.counters, every=t.log_every, image_every=t.image_log_every)
-        if run.update == t.max_updates or (t.checkpoint_every and run.update % t.checkpoint_every == 0):
+        if best or run.update == t.max_updates or (t.checkpoint_every and run.update % t.checkpoint_every == 0):
             last_ckpt, saved_at = checkpoint() or last_ckpt, run.update
+            if best and fabric.is_global_zero and last_ckpt is not None:
+                mark_best(last_ckpt)
         if stop.agreed(fabric):  # every rank the same answer: they leave the loop together
             break
     signum = stop.agreed(fabric)
@@ -176,6 +188,8 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
         logger.finalize("preempted")
         raise Preempted(signum, last_ckpt if fabric.is_global_zero else None, run.update)
     data.envs.close()
+    if heldout is not None:
+        heldout.close()
     reporter.finish(metrics, run.counters, out_dir, last_ckpt)
     logger.finalize("success")
     return FitResult(metrics, policy, run.counters, last_ckpt)

@@ -72,6 +72,21 @@ class Reporter:
         )
         self.task = self.progress.add_task("fit", total=total, completed=start, status="collecting")
         self.progress.start()
+        self.evals: list[tuple[int, float]] = []
+        """(update, held-out success) of each evaluation during the run."""
+
+    def held_out(self, step: int, metrics: dict[str, float], counters: dict[str, int]) -> None:
+        """Log a held-out evaluation made outside an update (the one before the first)."""
+        if not self.enabled:
+            return
+        self._note_eval(step, metrics)
+        self.logger.log_metrics({**metrics, "charts/env_steps": counters["env_steps"]}, step=step)
+
+    def _note_eval(self, step: int, metrics: dict[str, float]) -> None:
+        self.evals.append((step, metrics["eval/success_rate"]))
+        self.progress.console.log(f"held-out at update {step}: success {_pct(metrics['eval/success_rate'])}  "
+                                  f"return {_num(metrics['eval/return'])}  "
+                                  f"parse-fail {_pct(metrics['eval/parse_failure_rate'])}")
 
     def update(self, step: int, metrics: dict[str, float], rollout: Rollout, counters: dict[str, int],
                every: int, image_every: int) -> None:
@@ -85,6 +100,8 @@ class Reporter:
             + (f"  value {metrics['losses/value']:.4f}" if "losses/value" in metrics else "")
             + f"  kl {metrics['losses/approx_kl']:.4f}  {metrics['perf/env_steps_per_s']:.1f} steps/s"
         )
+        if "eval/success_rate" in metrics:
+            self._note_eval(step, metrics)
         if every and step % every == 0:
             scalars = {k: v for k, v in metrics.items() if not math.isnan(v)}
             scalars.update({"charts/env_steps": counters["env_steps"], "charts/total_episodes": counters["episodes"]})
@@ -95,6 +112,9 @@ class Reporter:
                 if obs.image is not None:
                     writer.add_image(f"samples/{k}", obs.image, step, dataformats="HWC")
                 writer.add_text(f"samples/{k}", f"    state: {obs.text}\n\n    answer: {text}", step)
+
+    def _eval_rows(self, out_dir: Path) -> list[tuple[str, str]]:
+        return _eval_rows_of(self.evals, out_dir)
 
     def finish(self, metrics: dict[str, float], counters: dict[str, int], out_dir: Path,
                checkpoint: Path | None) -> None:
@@ -109,12 +129,25 @@ class Reporter:
             ("mean episode return (last update)", _num(metrics.get("charts/episode_return", float("nan")))),
             ("parse failure rate (last update)", _pct(metrics.get("parse/failure_rate", float("nan")))),
             ("env steps / s (last update)", _num(metrics.get("perf/env_steps_per_s", float("nan")))),
+            *self._eval_rows(out_dir),
             ("TensorBoard", f"tensorboard --logdir {out_dir / 'tensorboard'}"),
             ("checkpoint", str(checkpoint) if checkpoint else "-"),
         ]
         for k, v in rows:
             table.add_row(k, v)
         self.console.print(table)
+
+
+def _eval_rows_of(evals: list[tuple[int, float]], out_dir: Path) -> list[tuple[str, str]]:
+    if not evals:
+        return []
+    (u0, s0), (u1, s1) = evals[0], evals[-1]
+    rows = [(f"held-out success (update {u0} -> {u1})", f"{_pct(s0)} -> {_pct(s1)}")]
+    trained = [e for e in evals if e[0] > 0]  # checkpoints/best is the first update that reached the best
+    if trained:
+        ub, sb = max(trained, key=lambda e: e[1])
+        rows.append(("best held-out", f"{_pct(sb)} at update {ub} ({out_dir / 'checkpoints' / 'best'})"))
+    return rows
 
 
 def update_metrics(fabric: Any, rollout: Rollout, losses: dict[str, float], window: deque,

@@ -37,6 +37,8 @@ class RunState:
     """Totals over all ranks."""
     update: int = 0
     """Updates completed."""
+    best_eval: float = float("-inf")
+    """Best held-out success so far (``trainer.eval_every``); its checkpoint is ``checkpoints/best``."""
 
 
 def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data: Any, run: RunState,
@@ -51,7 +53,8 @@ def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data:
     written = None
     if fabric.is_global_zero:
         state = {"format_version": FORMAT_VERSION, "update": run.update, "optimizer": learner.optimizer.state_dict(),
-                 "scheduler": learner.scheduler.state_dict(), "counters": dict(run.counters), "ranks": ranks}
+                 "scheduler": learner.scheduler.state_dict(), "counters": dict(run.counters), "ranks": ranks,
+                 "best_eval": run.best_eval}
         written = save_checkpoint(ckpt_dir, policy=policy, trainer_state=state, config_yaml=config_yaml, meta=meta)
         prune(ckpt_dir.parent, keep)  # trainer.keep_checkpoints
     fabric.barrier()
@@ -104,6 +107,7 @@ def _apply(fabric: Any, ckpt: Path, trainable: dict[str, Any], state: dict[str, 
     run.window.extend(mine["window"])
     run.counters.update(state["counters"])
     run.update = state["update"]
+    run.best_eval = state.get("best_eval", float("-inf"))
 
 
 MUTABLE_ON_RESUME = (
@@ -112,6 +116,7 @@ MUTABLE_ON_RESUME = (
     "trainer.image_log_every", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.out_dir",
     "trainer.resume", "trainer.num_threads", "trainer.collective_timeout_s", "trainer.startup_timeout_s",
     "trainer.max_bad_steps", "trainer.accelerator", "env.step_timeout_s",
+    "trainer.eval_every", "trainer.eval_episodes", "trainer.eval_greedy",
 )
 """Keys a resumed run may change (they take effect; the LR schedule continues on the new horizon). Every other
 key of fit (``sft.*`` aside) must match the checkpoint's: the model, envs, prompts, batch sizes and the

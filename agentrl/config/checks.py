@@ -38,3 +38,20 @@ def _within(value: object, rule: str) -> bool:
         return above and (value <= hi if rule[-1] == "]" else value < hi)
     op, bound, *_ = rule.split() if rule != "finite" else (">", "-inf")
     return value >= float(bound) if op == ">=" else value > float(bound)
+
+
+GROUP_ESTIMATORS = ("grpo", "rloo", "gigpo")
+"""Built-in estimators that compare the episodes of a group (rollout.group_size) instead of using a critic."""
+
+
+def check_groups(estimator: str, group_size: int, num_envs: int) -> None:
+    """``rollout.group_size`` fits ``env.num_envs`` and the estimator uses groups exactly when it is > 1."""
+    if num_envs % group_size:
+        raise ConfigError(f"rollout.group_size ({group_size}) must divide env.num_envs ({num_envs}): "
+                          f"each group is {group_size} envs of one process")
+    if estimator in GROUP_ESTIMATORS and group_size < 2:
+        raise ConfigError(f"advantage.estimator={estimator} compares the episodes of a group: set "
+                          f"rollout.group_size >= 2 (e.g. 4) and env.num_envs a multiple of it")
+    if estimator == "gae" and group_size > 1:
+        raise ConfigError(f"rollout.group_size={group_size} only serves the group estimators "
+                          f"({', '.join(GROUP_ESTIMATORS)}); with advantage.estimator=gae leave it at 1")

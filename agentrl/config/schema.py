@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrl.config.checks import ConfigError, check_choice, check_ranges
+from agentrl.config.checks import ConfigError, check_choice, check_groups, check_ranges
 
 
 @dataclass
@@ -204,10 +204,6 @@ class AdvantageConfig:
         check_ranges("advantage.", self, step_weight=">= 0")
 
 
-GROUP_ESTIMATORS = ("grpo", "rloo", "gigpo")
-"""Built-in estimators that compare the episodes of a group (rollout.group_size) instead of using a critic."""
-
-
 @dataclass
 class RolloutConfig:
     """On-policy data collection."""
@@ -271,6 +267,12 @@ class TrainerConfig:
     """torch CPU threads; None uses 1 per process when several share the CPU, else torch's default."""
     success_window: int = 200
     """Training success rate is over the last N episodes (the paper's metric)."""
+    eval_every: int = 0
+    """Held-out evaluation (eval split) every N updates and before the first, logged as eval/*; the best one's checkpoint is kept (checkpoints/best). 0: none."""
+    eval_episodes: int = 32
+    """Episodes per held-out evaluation during fit (split over the processes; the same episodes each time)."""
+    eval_greedy: bool = True
+    """Held-out evaluation during fit with greedy answers; false samples at rollout.temperature."""
 
     def __post_init__(self) -> None:
         if self.precision in ("bf16-true", "16-true", "bf16", "16", "half"):
@@ -283,7 +285,7 @@ class TrainerConfig:
                       log_every=">= 1", image_log_every=">= 0", max_bad_steps=">= 1",
                       collective_timeout_s="> 0 seconds", startup_timeout_s="> 0 seconds",
                       checkpoint_every=">= 0", num_threads="None or >= 1", success_window=">= 1",
-                      keep_checkpoints="None or >= 1")
+                      keep_checkpoints="None or >= 1", eval_every=">= 0", eval_episodes=">= 1")
         size = max((len(part.encode("utf-8", "surrogatepass")) for part in Path(self.out_dir).parts), default=0)
         if "${" not in self.out_dir and (size > 255 or "\0" in self.out_dir):  # left alone while ${...} remains
             raise ConfigError(f"trainer.out_dir must have no NUL and path components of at most 255 bytes (the "
@@ -357,16 +359,7 @@ class Config:
         if self.rollout.steps_per_update % self.env.num_envs:
             raise ConfigError(f"rollout.steps_per_update ({self.rollout.steps_per_update}) must be a multiple of "
                               f"env.num_envs ({self.env.num_envs})")
-        g, estimator = self.rollout.group_size, self.advantage.estimator
-        if self.env.num_envs % g:
-            raise ConfigError(f"rollout.group_size ({g}) must divide env.num_envs ({self.env.num_envs}): "
-                              f"each group is {g} envs of one process")
-        if estimator in GROUP_ESTIMATORS and g < 2:
-            raise ConfigError(f"advantage.estimator={estimator} compares the episodes of a group: set "
-                              f"rollout.group_size >= 2 (e.g. 4) and env.num_envs a multiple of it")
-        if estimator == "gae" and g > 1:
-            raise ConfigError(f"rollout.group_size={g} only serves the group estimators ({', '.join(GROUP_ESTIMATORS)}); "
-                              f"with advantage.estimator=gae leave it at 1")
+        check_groups(self.advantage.estimator, self.rollout.group_size, self.env.num_envs)
         if self.ppo.minibatch_size > self.rollout.steps_per_update:
             raise ConfigError(f"ppo.minibatch_size ({self.ppo.minibatch_size}) exceeds rollout.steps_per_update "
                               f"({self.rollout.steps_per_update}); lower it or collect more steps")

@@ -1,6 +1,6 @@
 """What a run shows: TensorBoard scalars and sample images, a rich progress bar, a closing table.
 
-TensorBoard tags (also in the README's metrics table):
+TensorBoard tags (also in the README's metrics table), logged against env steps (``charts/update`` is the update):
   charts/success_rate   share of successful episodes among the last trainer.success_window (training-time,
                         the paper's metric)
   charts/episode_return mean undiscounted return of episodes that ended this update
@@ -80,7 +80,8 @@ class Reporter:
         if not self.enabled:
             return
         self._note_eval(step, metrics)
-        self.logger.log_metrics({**metrics, "charts/env_steps": counters["env_steps"]}, step=step)
+        self.logger.log_metrics({**metrics, "charts/env_steps": counters["env_steps"], "charts/update": step},
+                                step=counters["env_steps"])
 
     def _note_eval(self, step: int, metrics: dict[str, float]) -> None:
         self.evals.append((step, metrics["eval/success_rate"]))
@@ -102,16 +103,18 @@ class Reporter:
         )
         if "eval/success_rate" in metrics:
             self._note_eval(step, metrics)
+        x = counters["env_steps"]  # TensorBoard's axis: env steps (runs of any batch size compare)
         if every and step % every == 0:
             scalars = {k: v for k, v in metrics.items() if not math.isnan(v)}
-            scalars.update({"charts/env_steps": counters["env_steps"], "charts/total_episodes": counters["episodes"]})
-            self.logger.log_metrics(scalars, step=step)
+            scalars.update({"charts/env_steps": x, "charts/total_episodes": counters["episodes"],
+                            "charts/update": step})
+            self.logger.log_metrics(scalars, step=x)
         if image_every and step % image_every == 0:
             writer = self.logger.experiment
             for k, (obs, text) in enumerate(rollout.samples_for_log):
                 if obs.image is not None:
-                    writer.add_image(f"samples/{k}", obs.image, step, dataformats="HWC")
-                writer.add_text(f"samples/{k}", f"    state: {obs.text}\n\n    answer: {text}", step)
+                    writer.add_image(f"samples/{k}", obs.image, x, dataformats="HWC")
+                writer.add_text(f"samples/{k}", f"    state: {obs.text}\n\n    answer: {text}", x)
 
     def _eval_rows(self, out_dir: Path) -> list[tuple[str, str]]:
         return _eval_rows_of(self.evals, out_dir)

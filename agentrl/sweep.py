@@ -159,11 +159,13 @@ def read_events(tb_dir: Path) -> list[dict[str, float]]:
 
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0}).Reload()
     logged = set(acc.Tags()["scalars"])
-    by_step: dict[int, dict[str, float]] = {}
+    # the axis is env steps, charts/update names the update (runs from before it was logged: the axis is it)
+    update = {ev.step: int(ev.value) for ev in acc.Scalars("charts/update")} if "charts/update" in logged else {}
+    by_update: dict[int, dict[str, float]] = {}
     for col, tag in TAGS.items():
         for ev in acc.Scalars(tag) if tag in logged else []:
-            by_step.setdefault(ev.step, {})[col] = ev.value
-    return [{"update": s, **{c: v.get(c, math.nan) for c in TAGS}} for s, v in sorted(by_step.items())]
+            by_update.setdefault(update.get(ev.step, ev.step), {})[col] = ev.value
+    return [{"update": u, **{c: v.get(c, math.nan) for c in TAGS}} for u, v in sorted(by_update.items())]
 
 
 def _finite(xs: list[float]) -> list[float]:

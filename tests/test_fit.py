@@ -91,7 +91,11 @@ def test_cli_fit_end_to_end(tmp_path, tiny_path, extra):
                 "losses/clipfrac", "losses/explained_variance", "perf/env_steps_per_s", "perf/tokens_per_s",
                 "parse/failure_rate"):
         assert tag in tags, tag
-    assert [e.step for e in events.Scalars("losses/policy")] == [1, 2]
+    # the axis is env steps (runs with any batch size compare), the update is its own scalar
+    env_steps = [e.value for e in events.Scalars("charts/env_steps")]
+    assert [e.step for e in events.Scalars("losses/policy")] == env_steps and env_steps[0] > 0
+    assert [e.value for e in events.Scalars("charts/update")] == [1, 2]
+    assert [e.step for e in events.Scalars("charts/update")] == env_steps
     assert events.Tags()["images"] and events.Tags()["tensors"]  # sample images and their generated text
 
     # every trainable parameter moved away from its initial value

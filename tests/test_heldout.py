@@ -29,7 +29,8 @@ def test_eval_every_logs_held_out_success_and_keeps_the_best(tmp_path, tiny_path
                                                        f"trainer.out_dir={out}"])
     result = fit(cfg, argv=["test"])
     s = scalars(out)
-    assert [step for step, _ in s["eval/success_rate"]] == [0, 1, 2]  # before the first update, then each
+    update_at = dict(s["charts/update"])  # the axis is env steps; 0 before the first update
+    assert [update_at[step] for step, _ in s["eval/success_rate"]] == [0, 1, 2]  # before the first update, then each
     for tag in ("eval/return", "eval/parse_failure_rate", "eval/episode_length"):
         assert len(s[tag]) == 3
     assert all(0 <= v <= 1 for _, v in s["eval/success_rate"])
@@ -37,7 +38,7 @@ def test_eval_every_logs_held_out_success_and_keeps_the_best(tmp_path, tiny_path
     assert best is not None and best.name == "update_000001"  # the first eval after training sets the best
     assert "eval/success_rate" in result.metrics
     state = checkpoint.load_trainer_state(out / "checkpoints" / "update_000002")
-    assert state["best_eval"] == pytest.approx(max(v for step, v in s["eval/success_rate"] if step > 0))
+    assert state["best_eval"] == pytest.approx(max(v for step, v in s["eval/success_rate"] if update_at[step] > 0))
 
 
 def test_held_out_evaluation_does_not_change_training(tmp_path, tiny_path):

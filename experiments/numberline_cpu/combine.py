@@ -60,7 +60,10 @@ def run_seconds(tb: Path, upto: int | None = None) -> float:
 
     acc = EventAccumulator(str(tb), size_guidance={"scalars": 0}).Reload()
     have = set(acc.Tags()["scalars"])
-    return sum(e.value for tag in PHASES if tag in have for e in acc.Scalars(tag) if upto is None or e.step <= upto)
+    # the axis is env steps where charts/update is logged (older runs: the update itself)
+    update = {e.step: e.value for e in acc.Scalars("charts/update")} if "charts/update" in have else {}
+    return sum(e.value for tag in PHASES if tag in have for e in acc.Scalars(tag)
+               if upto is None or update.get(e.step, e.step) <= upto)
 
 
 def main(out: Path) -> str:

@@ -3,17 +3,22 @@
 An estimator sees a whole :class:`~agentrl.rollout.Rollout` (T steps x N envs)
 and returns ``(advantages, returns)``, both (B,) flattened step-major like the
 rollout's samples. Whitening across ranks happens after it, in the learner.
+An estimator with running statistics (GAE's :class:`ReturnScaler`) hands them to
+checkpoints through ``state_dict`` / ``load_state_dict``.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from agentrl import ppo
+from agentrl.distributed import gather_objects
 
 if TYPE_CHECKING:
     from agentrl.rollout import Rollout
@@ -36,28 +41,104 @@ class AdvantageEstimator(ABC):
     def __call__(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
         """(advantages (B,), returns (B,)) for the rollout's samples, b = t * N + i."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What this rank's estimator carries from update to update (saved in checkpoints); none here."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output (a resumed run)."""
+
+
+class ReturnScaler:
+    """Rewards divided by the running std of the discounted return (``advantage.reward_scaling=return_std``).
+
+    The math of SB3's ``VecNormalize(norm_reward=True)`` and gymnasium's ``NormalizeReward`` (cleanrl's
+    PPO): per env a discounted return G <- gamma * G + r, set to 0 after the step that ends an episode
+    (it carries over from one rollout to the next); at each step t the running mean and variance of G
+    take in that step's G of every env (Chan et al.'s parallel update, starting from mean 0, var 1,
+    count 1e-4) and the step's rewards are divided by sqrt(var + 1e-8). No mean is subtracted (a
+    shift would change which episodes pay) and nothing is clipped (SB3 clips at 10; a rare ALFWorld
+    win must stay large against the step rewards). The statistics take in every rank's envs (one
+    gather of the rollout's G per update), so every rank scales alike; G itself is per env.
+    """
+
+    COUNT0, EPS = 1e-4, 1e-8
+
+    def __init__(self, gamma: float) -> None:
+        self.gamma = gamma
+        self.mean, self.var, self.count = 0.0, 1.0, self.COUNT0
+        self.discounted: Tensor | None = None
+        """(N,) float64 this rank's discounted return of each env's episode so far."""
+
+    def __call__(self, rewards: Tensor, episode_end: Tensor) -> Tensor:
+        """Scaled rewards (T, N) from rewards (T, N) and episode ends (T, N, terminated or truncated)."""
+        T, N = rewards.shape
+        g = torch.zeros(N, dtype=torch.float64) if self.discounted is None else self.discounted.clone()
+        returns = torch.empty(T, N, dtype=torch.float64)
+        for t in range(T):
+            g = self.gamma * g + rewards[t].double().cpu()
+            returns[t] = g
+            g = torch.where(episode_end[t].bool().cpu(), torch.zeros_like(g), g)
+        self.discounted = g
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        everyone = torch.cat(gather_objects(returns, world), dim=1)  # (T, N over all ranks), rank order
+        scale = torch.empty(T, dtype=torch.float64)
+        for t in range(T):
+            self.update(everyone[t])
+            scale[t] = math.sqrt(self.var + self.EPS)
+        return (rewards.double() / scale.to(rewards.device)[:, None]).to(rewards.dtype)
+
+    def update(self, batch: Tensor) -> None:
+        """Take a batch of returns (K,) into the running mean and (population) variance."""
+        n, b_mean, b_var = batch.numel(), float(batch.mean()), float(batch.var(unbiased=False))
+        total = self.count + n
+        delta = b_mean - self.mean
+        m2 = self.var * self.count + b_var * n + delta**2 * self.count * n / total
+        self.mean, self.var, self.count = self.mean + delta * n / total, m2 / total, total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "var": self.var, "count": self.count,
+                "discounted": None if self.discounted is None else self.discounted.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+        self.discounted = None if state["discounted"] is None else state["discounted"].clone()
+
 
 class GAE(AdvantageEstimator):
     """Generalised advantage estimation over the (T, N) grid (``ppo.gamma``, ``ppo.gae_lambda``).
 
     Truncated episodes bootstrap from the value of their final observation,
-    terminated ones do not (see :func:`agentrl.ppo.gae`).
+    terminated ones do not (see :func:`agentrl.ppo.gae`). With ``reward_scaling="return_std"``
+    the rewards are first divided by the running std of the discounted return (:class:`ReturnScaler`),
+    so the value head learns returns of order 1 whatever the env's reward scale (ALFWorld's won 50).
     """
 
-    def __init__(self, gamma: float, lam: float) -> None:
+    def __init__(self, gamma: float, lam: float, reward_scaling: str = "none") -> None:
+        if reward_scaling not in ("none", "return_std"):
+            raise ValueError(f"reward_scaling must be none or return_std, got {reward_scaling!r}")
         self.gamma, self.lam = gamma, lam
+        self.scaler = ReturnScaler(gamma) if reward_scaling == "return_std" else None
 
     @classmethod
     def from_config(cls, cfg: Any) -> GAE:
-        return cls(cfg.ppo.gamma, cfg.ppo.gae_lambda)
+        return cls(cfg.ppo.gamma, cfg.ppo.gae_lambda, cfg.advantage.reward_scaling)
 
     def __call__(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
         T, N = rollout.rewards.shape
+        ends = rollout.terminated | rollout.truncated
+        rewards = rollout.rewards if self.scaler is None else self.scaler(rollout.rewards, ends)
         adv, ret = ppo.gae(
-            rollout.rewards, rollout.values.view(T, N), rollout.next_values, rollout.terminated,
-            rollout.terminated | rollout.truncated, self.gamma, self.lam,
+            rewards, rollout.values.view(T, N), rollout.next_values, rollout.terminated, ends, self.gamma, self.lam,
         )
         return adv.reshape(-1), ret.reshape(-1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.scaler is None else {"return_scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["return_scaler"])
 
 
 # ---------------------------------------------------------------- critic-free group estimators

@@ -42,13 +42,15 @@ class RunState:
 
 
 def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data: Any, run: RunState,
-                config_yaml: str, meta: dict[str, Any], keep: int | None = None) -> Path | None:
+                config_yaml: str, meta: dict[str, Any], keep: int | None = None, estimator: Any = None) -> Path | None:
     """Checkpoint after ``run.update`` updates: every rank's env, sampling and shuffle state, written by rank 0.
 
-    Every rank calls it (it gathers and meets); returns the directory on rank 0, else None.
+    Every rank calls it (it gathers and meets); returns the directory on rank 0, else None. ``estimator``'s
+    ``state_dict`` (running reward statistics, ``advantage.reward_scaling``) is saved per rank too.
     """
     mine = {"torch_rng": torch.get_rng_state(), "shuffle_rng": learner.shuffle.get_state(),
-            "data": data.state_dict(), "window": list(run.window)}
+            "data": data.state_dict(), "window": list(run.window),
+            "estimator": estimator.state_dict() if hasattr(estimator, "state_dict") else {}}
     ranks = gather_objects(mine, fabric.world_size)  # env and sampling state of every rank
     written = None
     if fabric.is_global_zero:
@@ -62,8 +64,9 @@ def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data:
 
 
 def resume(fabric: Any, candidates: list[Path], *, policy: Any, learner: Any, data: Any, run: RunState,
-           cfg: Any = None) -> Path:
-    """Continue from the first readable of ``candidates`` (newest first): weights, optimizer, schedule, RNGs, envs.
+           cfg: Any = None, estimator: Any = None) -> Path:
+    """Continue from the first readable of ``candidates`` (newest first): weights, optimizer, schedule, RNGs, envs,
+    the estimator's running statistics.
 
     A checkpoint whose files do not load (truncated, corrupt) is reported with its path and the
     next one is tried; none readable is a ConfigError listing each and why.
@@ -79,7 +82,8 @@ def resume(fabric: Any, candidates: list[Path], *, policy: Any, learner: Any, da
                           f"trying the previous complete one", stacklevel=2)
             continue
         changes = resume_changes(Path(ckpt), cfg) if cfg is not None else []
-        _apply(fabric, Path(ckpt), trainable, state, policy=policy, learner=learner, data=data, run=run)
+        _apply(fabric, Path(ckpt), trainable, state, policy=policy, learner=learner, data=data, run=run,
+               estimator=estimator)
         if changes:  # they take effect: the loop reads them live, the LR schedule is re-aimed
             if any(c.split()[0] in SCHEDULE_KEYS for c in changes):
                 learner.follow_config()
@@ -90,7 +94,7 @@ def resume(fabric: Any, candidates: list[Path], *, policy: Any, learner: Any, da
 
 
 def _apply(fabric: Any, ckpt: Path, trainable: dict[str, Any], state: dict[str, Any], *, policy: Any,
-           learner: Any, data: Any, run: RunState) -> None:
+           learner: Any, data: Any, run: RunState, estimator: Any = None) -> None:
     if state.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"checkpoint {ckpt} has format version {state.get('format_version')}; this agentrl "
                           f"reads {FORMAT_VERSION}")
@@ -104,6 +108,11 @@ def _apply(fabric: Any, ckpt: Path, trainable: dict[str, Any], state: dict[str, 
     torch.set_rng_state(mine["torch_rng"])
     learner.shuffle.set_state(mine["shuffle_rng"])
     data.load_state_dict(mine["data"], update=state["update"])
+    if hasattr(estimator, "state_dict") and estimator.state_dict():  # it keeps running statistics
+        if not mine.get("estimator"):
+            raise ConfigError(f"checkpoint {ckpt} has no advantage estimator state (running reward statistics, "
+                              f"advantage.reward_scaling); it cannot continue exactly: start a new run")
+        estimator.load_state_dict(mine["estimator"])
     run.window.extend(mine["window"])
     run.counters.update(state["counters"])
     run.update = state["update"]

@@ -155,7 +155,7 @@ class PPOConfig:
     clip: float = 0.1
     """Policy ratio clip epsilon."""
     value_clip: float | None = 0.1
-    """Clip value updates to this distance from the old value; None turns value clipping off."""
+    """Clip value updates to this distance from the old value (per update, in the returns' units: keep it off, None, for large rewards unless advantage.reward_scaling scales them); None turns value clipping off."""
     vf_coef: float = 0.5
     """Weight of the value loss."""
     epochs: int = 4
@@ -199,9 +199,13 @@ class AdvantageConfig:
     """grpo/gigpo: divide by the group's standard deviation; false is Dr. GRPO (mean-centred only)."""
     step_weight: float = 1.0
     """gigpo: weight of the step-level (anchor state) advantage added to the episode-level one."""
+    reward_scaling: str = "none"
+    """gae: "return_std" divides every reward by the running std of the discounted return (SB3 VecNormalize's norm_reward, no mean subtracted; statistics over all ranks, kept in checkpoints); "none" leaves rewards as the env gives them."""
 
     def __post_init__(self) -> None:
         check_ranges("advantage.", self, step_weight=">= 0")
+        check_choice(f"advantage.reward_scaling (advantage.estimator={self.estimator})", self.reward_scaling,
+                     ("none", "return_std") if self.estimator == "gae" else ("none",))
 
 
 @dataclass

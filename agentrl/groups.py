@@ -108,7 +108,7 @@ class GroupRolloutDataModule(RolloutDataModule):
         episodes: list[EpisodeStats] = []
         uid = taken = failures = tokens = 0
         t_gen = t_env = 0.0
-        to_log: list[tuple[EnvObs, str]] = []
+        to_log: list[tuple[EnvObs, str, str]] = []
 
         def start(group: int) -> None:
             nonlocal uid
@@ -128,7 +128,7 @@ class GroupRolloutDataModule(RolloutDataModule):
             gen = self.policy.generate(prompts, score=from_generate)
             t_gen += time.perf_counter() - t0
             if not to_log:
-                to_log = list(zip([self._obs[i] for i in slots[: self.log_samples]], gen.texts))
+                to_log = self.for_log([self._obs[i] for i in slots], gen.texts, prompts)
             actions = [o.legal_actions[0] for o in self._obs]  # waiting envs: any legal action, result unused
             pending = {}
             for k, i in enumerate(slots):

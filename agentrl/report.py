@@ -111,10 +111,11 @@ class Reporter:
             self.logger.log_metrics(scalars, step=x)
         if image_every and step % image_every == 0:
             writer = self.logger.experiment
-            for k, (obs, text) in enumerate(rollout.samples_for_log):
+            for k, (obs, text, prompt) in enumerate(rollout.samples_for_log):
                 if obs.image is not None:
                     writer.add_image(f"samples/{k}", obs.image, x, dataformats="HWC")
-                writer.add_text(f"samples/{k}", f"    state: {obs.text}\n\n    answer: {text}", x)
+                writer.add_text(f"samples/{k}", f"    state: {obs.text}\n\n    answer: {text}\n\n    prompt "
+                                f"(the image: samples/{k}):\n\n" + _indent(prompt), x)
 
     def _eval_rows(self, out_dir: Path) -> list[tuple[str, str]]:
         return _eval_rows_of(self.evals, out_dir)
@@ -139,6 +140,11 @@ class Reporter:
         for k, v in rows:
             table.add_row(k, v)
         self.console.print(table)
+
+
+def _indent(text: str) -> str:
+    """Markdown code block (TensorBoard renders text as markdown)."""
+    return "\n".join("    " + line for line in text.splitlines())
 
 
 def _eval_rows_of(evals: list[tuple[int, float]], out_dir: Path) -> list[tuple[str, str]]:

@@ -14,6 +14,7 @@ episode's earlier steps (``prompt.history``).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -64,8 +65,8 @@ class Rollout:
     """Tokens generated in total."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds spent in generate, env.step and scoring."""
-    samples_for_log: list[tuple[EnvObs, str]] = field(default_factory=list)
-    """A few (observation, answer) pairs to show in TensorBoard."""
+    samples_for_log: list[tuple[EnvObs, str, str]] = field(default_factory=list)
+    """A few (observation, answer, the prompt's text as the model got it) to show in TensorBoard."""
     token_logp: list[Tensor] | None = None
     """B per-token log-probs (L_b,) under the sampling policy (``ppo.loss_type=token`` needs them)."""
     episode_of: Tensor | None = None
@@ -87,6 +88,11 @@ class Rollout:
     def lengths(self) -> Tensor:
         """(B,) prompt + answer tokens of each sample: what a micro-batch pads to."""
         return torch.tensor([p["input_ids"].shape[-1] + len(g) for p, g in zip(self.prompts, self.gen_ids)])
+
+
+def _collapse(text: str) -> str:
+    """``<image><image>...`` (4 or more of one special token in a row) as ``<image> x49``."""
+    return re.sub(r"(<[^<>\s]{1,40}>)\1{3,}", lambda m: f"{m.group(1)} x{len(m.group(0)) // len(m.group(1))}", text)
 
 
 class EpisodeMemory:
@@ -184,6 +190,14 @@ class RolloutDataModule:
         self._obs = self.envs.reset(self.seed)
         self.memory = EpisodeMemory(self.envs.num_envs, self.history)
 
+    def for_log(self, obs: list[EnvObs], texts: list[str], prompts: list[Prompt]) -> list[tuple[EnvObs, str, str]]:
+        """The first ``log_samples`` (observation, answer, prompt text): the prompt decoded from its token ids
+        (chat template and all), a run of one special token (the image's) written once with its count."""
+        tok = self.policy.tokenizer
+        shown = [_collapse(tok.decode(p["input_ids"].reshape(-1).tolist(), skip_special_tokens=False))
+                 for p in prompts[: self.log_samples]]
+        return list(zip(obs[: self.log_samples], texts, shown))
+
     # ------------------------------------------------------------ 1. collect
 
     @torch.no_grad()
@@ -203,7 +217,7 @@ class RolloutDataModule:
         episodes: list[EpisodeStats] = []
         failures = tokens = 0
         t_gen = t_env = 0.0
-        to_log: list[tuple[EnvObs, str]] = []
+        to_log: list[tuple[EnvObs, str, str]] = []
         from_generate = self.logprobs_from == "generate"
         gen_logp: list[Tensor] = []
         gen_values: list[Tensor] = []
@@ -236,7 +250,7 @@ class RolloutDataModule:
             if from_generate:
                 gen_values.append(gen.values)
             if t == 0:
-                to_log = list(zip(self._obs[: self.log_samples], gen.texts))
+                to_log = self.for_log(self._obs, gen.texts, step_prompts)
             t0 = time.perf_counter()
             step = self.envs.step(actions)
             t_env += time.perf_counter() - t0

@@ -99,3 +99,16 @@ def test_held_out_reports_success_per_task_type(monkeypatch):
     assert m["eval/success_rate"] == pytest.approx(2 / 3) and m["eval/success_rate/pick"] == 0.5
     assert m["eval/success_rate/cool"] == 1.0 and m["eval/parse_failure_rate"] == pytest.approx(1 / 9)
     assert math.isclose(m["eval/episode_length"], 3.0)
+
+
+def test_logged_samples_show_the_prompt_as_the_model_got_it(tmp_path, tiny_path):
+    out = tmp_path / "run"
+    cfg = load_config(ROOT / "conf/numberline.yaml", [*SMALL, "trainer.max_updates=1", "trainer.image_log_every=1",
+                                                       f"trainer.out_dir={out}"])
+    fit(cfg, argv=["test"])
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    text = acc.Tensors("samples/0/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "answer:" in text and "You are playing Number Line" in text and '"action": "<one legal action>"' in text
+    assert "<|im_start|>assistant" in text  # the chat template as applied
+    assert "<image> x16" in text  # the tiny model's 16 image tokens, written once with their count

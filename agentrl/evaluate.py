@@ -1,7 +1,8 @@
 """`agentrl eval`: held-out evaluation of a checkpoint.
 
 Episodes come from the env's "eval" split, whose seeds never meet training's
-("train") (see :func:`agentrl.envs.gym_cards.module.env_seed`). ``env.num_envs``
+("train") (see :func:`agentrl.envs.gym_cards.module.env_seed`); an ALFWorld
+``env.data_path`` without an eval split is refused (exit 2), never played on its training games. ``env.num_envs``
 envs step together with one batched generate per step; episodes are numbered
 in the order they start and exactly the first ``--episodes`` count (an env
 whose next episode would exceed the quota idles), so the result does not

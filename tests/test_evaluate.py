@@ -162,3 +162,43 @@ def test_cli_eval_other_config_exits_2(sft_checkpoint):
     assert len(err) == 1 and "does not fit this config" in err[0] and "model.finetune=full" in err[0]
     proc = _cli("eval", "-c", str(ROOT / "conf/numberline.yaml"), "--checkpoint", "/nonexistent", "--episodes", "2")
     assert proc.returncode == 2 and "--checkpoint='/nonexistent'" in proc.stderr
+
+
+def _games(root: Path, *splits: str) -> Path:
+    """A folder with one (unplayable) game per split: enough for the data path's layout."""
+    for split in splits:
+        trial = root / split / "pick_and_place_simple-Mug-None-CounterTop-1" / "trial_0"
+        trial.mkdir(parents=True)
+        (trial / "traj_data.json").write_text(json.dumps({"task_type": "pick_and_place_simple"}))
+        (trial / "game.tw-pddl").write_text(json.dumps({"solvable": True}))
+    return root
+
+
+def test_alfworld_held_out_games_never_fall_back_to_training_games(tmp_path):
+    from agentrl.config import ConfigError
+    from agentrl.envs.alfworld.module import find_data
+
+    train_only = _games(tmp_path / "train_only", "train")
+    assert find_data(str(train_only), "train") == train_only / "train"
+    with pytest.raises(ConfigError, match=r"env.data_path .*train_only.* has no eval split.*agentrl alfworld-gen"):
+        find_data(str(train_only), "eval")
+    flat = _games(tmp_path / "flat", "")  # games without splits: they train, but are not held out
+    assert find_data(str(flat), "train") == flat
+    with pytest.raises(ConfigError, match="has no eval split"):
+        find_data(str(flat), "eval")
+    eval_only = _games(tmp_path / "eval_only", "valid_unseen")  # the official name
+    assert find_data(str(eval_only), "eval") == eval_only / "valid_unseen"
+    assert find_data(str(eval_only / "valid_unseen"), "eval") == eval_only / "valid_unseen"  # the split itself
+    with pytest.raises(ConfigError, match="has no train split"):  # training must not play the held-out games
+        find_data(str(eval_only), "train")
+    both = _games(tmp_path / "both", "train", "eval")
+    assert (find_data(str(both), "train"), find_data(str(both), "eval")) == (both / "train", both / "eval")
+
+
+def test_cli_eval_on_alfworld_data_without_an_eval_split_exits_2(tmp_path, tiny_path):
+    data = _games(tmp_path / "games", "train")
+    proc = _cli("eval", "-c", str(ROOT / "conf/alfworld.yaml"), f"env.data_path={data}", "env.num_envs=1",
+                "env.vector=sync", "env.image=none", "trainer.num_threads=1", "--episodes", "1")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr.strip().splitlines()[-1]
+    assert str(data) in err and "no eval split" in err and "agentrl alfworld-gen" in err

@@ -1,6 +1,7 @@
 """AlfworldModule: N ALFWorld text games on the real engine, behind the EnvModule contract.
 
-Games come from ``env.data_path``, else ``$ALFWORLD_DATA/json_2.1.1/{train,valid_unseen}``,
+Games come from ``env.data_path`` (its split's subfolder; the eval split is never taken from
+training games, see :func:`find_data`), else ``$ALFWORLD_DATA/json_2.1.1/{train,valid_unseen}``,
 else the offline set this package generates on first use. ``env.vector=async``
 runs each game in its own worker process.
 
@@ -188,7 +189,13 @@ class AlfworldModule(EnvModule):
 
 
 def find_data(data_path: str | None, split: str) -> Path:
-    """The folder to read games from (see the module docstring for the order)."""
+    """The folder to read games from (see the module docstring for the order).
+
+    Under ``env.data_path``: its ``train`` or ``eval`` (official: ``valid_unseen``) subfolder, or the
+    folder itself when it is named so. A folder of games without splits serves training only: the eval
+    split (``agentrl eval``, held-out evaluation in fit) is refused rather than played on training games,
+    and training is refused on a folder holding only an eval split.
+    """
     if data_path:
         root = Path(os.path.expandvars(data_path)).expanduser()
         if not root.is_dir():
@@ -196,10 +203,23 @@ def find_data(data_path: str | None, split: str) -> Path:
                 f"env.data_path {str(root)!r} is not a folder; point it at ALFWorld games "
                 "(e.g. $ALFWORLD_DATA/json_2.1.1) or generate some with 'agentrl alfworld-gen --out DIR'"
             )
-        for sub in (split, _OFFICIAL_SPLIT[split]):
+        names = {s: (s, _OFFICIAL_SPLIT[s]) for s in _OFFICIAL_SPLIT}
+        for sub in names[split]:
             if (root / sub).is_dir():
                 return root / sub
-        return root
+        if root.name in names[split]:
+            return root
+        other = "eval" if split == "train" else "train"
+        if split == "train" and root.name not in names[other] and not any((root / s).is_dir() for s in names[other]):
+            return root  # games without splits: all of them train
+        folders = " or ".join(f"{n}/" for n in dict.fromkeys(names[split]))
+        raise ConfigError(
+            f"env.data_path {str(root)!r} has no {split} split (no {folders} folder in it): "
+            + ("it holds no held-out games, and playing its training games would report them as held-out"
+               if split == "eval" else "it holds only held-out games, which training must not play")
+            + f"; generate both splits with 'agentrl alfworld-gen --out DIR' and pass env.data_path=DIR, or pass "
+            f"an env.data_path with the games in {folders}"
+        )
     official = os.environ.get("ALFWORLD_DATA")
     if official and (Path(official) / "json_2.1.1" / _OFFICIAL_SPLIT[split]).is_dir():
         return Path(official) / "json_2.1.1" / _OFFICIAL_SPLIT[split]

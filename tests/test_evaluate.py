@@ -202,3 +202,18 @@ def test_cli_eval_on_alfworld_data_without_an_eval_split_exits_2(tmp_path, tiny_
     assert proc.returncode == 2, proc.stderr[-3000:]
     err = proc.stderr.strip().splitlines()[-1]
     assert str(data) in err and "no eval split" in err and "agentrl alfworld-gen" in err
+
+
+def test_alfworld_default_step_limit_lets_the_expert_win_every_default_game(monkeypatch):
+    """Held-out (and training) games the expert needs more steps for than the episode has could never be won."""
+    pytest.importorskip("alfworld")
+    from agentrl.envs.alfworld import AlfworldModule
+    from agentrl.envs.alfworld.engine import EXPERT_MAX_STEPS
+
+    monkeypatch.delenv("ALFWORLD_DATA", raising=False)  # the default set (tests elsewhere make it too)
+    cfg = load_config(ROOT / "conf/alfworld.yaml", ["env.num_envs=1", "env.vector=sync", "env.image=none"])
+    for split in ("train", "eval"):
+        module = AlfworldModule(cfg.env, split=split)
+        module.close()
+        walks = [len(json.loads(Path(g).read_text())["walkthrough"]) for g in module.settings.gamefiles]
+        assert len(walks) == 24 and max(walks) <= module.settings.max_steps < EXPERT_MAX_STEPS, (split, sorted(walks))

@@ -11,6 +11,8 @@ from agentrl.envs.alfworld.expert import ExpertTracker, apply_expert_fix
 
 # The expert gives up (raises inside the env) after this many steps.
 EXPERT_MAX_STEPS = 200
+WALKTHROUGH_MAX_STEPS = 150
+"""The generator keeps only games the expert wins within this many steps (the longest took 138 in the default set)."""
 
 
 @cache
@@ -35,7 +37,7 @@ def read_traj(gamefile: str | Path) -> dict[str, Any]:
     return json.loads((Path(gamefile).parent / "traj_data.json").read_text())
 
 
-def expert_walkthrough(gamefile: str, seed: int, max_steps: int = 150) -> list[str] | None:
+def expert_walkthrough(gamefile: str, seed: int, max_steps: int = WALKTHROUGH_MAX_STEPS) -> list[str] | None:
     """Play the fixed expert on ``gamefile``; its commands if it wins within ``max_steps``, else None.
 
     Runs fast-downward in this process: call it in a child process for untrusted

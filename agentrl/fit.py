@@ -117,7 +117,8 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
     run = RunState(window=deque(maxlen=t.success_window))
     last_ckpt = None
     if start:
-        last_ckpt = resume(fabric, start, policy=policy, learner=learner, data=data, run=run, cfg=cfg)
+        last_ckpt = resume(fabric, start, policy=policy, learner=learner, data=data, run=run, cfg=cfg,
+                           estimator=estimator)
         fabric.print(f"resumed from {last_ckpt} at update {run.update}")
 
     reporter = Reporter(fabric, logger, total=t.max_updates, start=run.update)
@@ -130,7 +131,7 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
     def checkpoint() -> Path | None:
         return save_update(fabric, out_dir / "checkpoints" / f"update_{run.update:06d}", policy=policy,
                            learner=learner, data=data, run=run, config_yaml=config_yaml, meta=meta,
-                           keep=t.keep_checkpoints)
+                           keep=t.keep_checkpoints, estimator=estimator)
 
     while run.update < t.max_updates:
         t0 = time.perf_counter()

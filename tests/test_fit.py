@@ -49,8 +49,9 @@ def trainable(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt / "trainable.pt", weights_only=True)
 
 
-def test_resume_continues_the_same_run(tmp_path, tiny_path):
-    common = [*SMALL, "ppo.minibatch_size=4", "trainer.max_updates=3", "trainer.checkpoint_every=1",
+@pytest.mark.parametrize("extra", [[], ["advantage.reward_scaling=return_std"]], ids=["plain", "reward-scaling"])
+def test_resume_continues_the_same_run(tmp_path, tiny_path, extra):
+    common = [*SMALL, *extra, "ppo.minibatch_size=4", "trainer.max_updates=3", "trainer.checkpoint_every=1",
               "trainer.image_log_every=0"]  # 2 minibatches per epoch: the shuffle order matters
     straight = tmp_path / "straight"
     fit(load_config(ROOT / "conf/numberline.yaml", [*common, f"trainer.out_dir={straight}"]))

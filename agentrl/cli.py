@@ -140,6 +140,8 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError(f"alfworld-gen needs the ALFWorld engine: pip install 'agentrl[alfworld]' ({e})") from None
         return gen_main(args.out, args.per_type, args.seed)
 
+    if args.command == "sweep" and not args.print_config:  # it checks each combination with its grid values
+        return _sweep(args)  # (the overrides alone may need them: rollout.group_size=4 with an estimator grid)
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(to_yaml(cfg), end="")

@@ -138,3 +138,22 @@ def test_real_sweep_end_to_end_then_skips_finished_runs(tmp_path, tiny_path, cap
     assert main(args) == 0  # in-process: nothing left to run, the results are rebuilt from the events
     assert "skipping 4 finished run(s)" in capsys.readouterr().err
     assert (out / "results.csv").read_text().count("\n") == 1 + len(rows)
+
+
+def test_sweep_overrides_that_need_the_grid_values_are_checked_with_them(monkeypatch, tmp_path):
+    """rollout.group_size=4 is only valid with a group estimator: the sweep checks each combination, not
+    the overrides alone (before, the CLI refused the whole sweep)."""
+    import agentrl.sweep as sweep_mod
+
+    seen = []
+    monkeypatch.setattr(sweep_mod, "execute", lambda jobs, parallel, force, console: seen.extend(jobs) or [])
+    monkeypatch.setattr(sweep_mod, "summarise", lambda rows, keys: [])
+    code = main(["sweep", "-c", str(Path(__file__).resolve().parents[1] / "conf/numberline.yaml"),
+                 "--grid", "advantage.estimator=grpo,gigpo", "--seeds", "1", "--out", str(tmp_path),
+                 "rollout.group_size=4"])
+    assert len(seen) == 2 and code in (0, 1)
+    seen.clear()  # a combination that is wrong still stops the sweep before anything runs, exit 2
+    assert main(["sweep", "-c", str(Path(__file__).resolve().parents[1] / "conf/numberline.yaml"),
+                 "--grid", "advantage.estimator=gae,grpo", "--seeds", "1", "--out", str(tmp_path / "b"),
+                 "rollout.group_size=4"]) == 2
+    assert not seen

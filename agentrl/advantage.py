@@ -207,8 +207,10 @@ class GroupEstimator(AdvantageEstimator):
 
     def __call__(self, rollout: Rollout) -> tuple[Tensor, Tensor]:
         returns, group, episode = episode_returns(rollout)
-        adv = self.episode_advantages(returns, group)
-        return adv[episode].float(), returns[episode].float()
+        adv = self.episode_advantages(returns, group)[episode].float()
+        if rollout.kl_penalty is not None:  # after the comparison, so it keeps its size (see agentrl.groups)
+            adv = adv - rollout.kl_penalty
+        return adv, returns[episode].float()
 
     def episode_advantages(self, returns: Tensor, group: Tensor) -> Tensor:
         """(E,) advantage of each episode from the returns (E,) and groups (E,) of the rollout's episodes."""

@@ -15,7 +15,12 @@ Samples are laid out episode by episode, each episode's steps in order, as one
 column (T = B, N = 1): ``rewards``, ``terminated`` and ``truncated`` keep their
 meaning, ``episode_of``, ``group_of`` and ``anchors`` say which episode, group
 and observation each sample is. An episode the env module dropped (its worker
-died) is left out with its samples. Episodes longer than ``env.max_episode_steps``
+died or hung) is left out with its whole group (the members that finished first
+would bias the baseline), and so are the groups running when a worker restart
+moved every env to a new state; the budget counts kept samples only. With
+``policy.kl_coef`` the KL penalty is not in the returns (normalising a group of
+equal returns would blow it up to +-1): it is ``kl_penalty``, subtracted from
+each sample's advantage after the group comparison. Episodes longer than ``env.max_episode_steps``
 (or :data:`EPISODE_CAP` when unset) are cut there and count as truncated.
 """
 
@@ -106,19 +111,47 @@ class GroupRolloutDataModule(RolloutDataModule):
         live_groups: dict[int, int] = {}  # group -> its uid in this rollout
         done: list[tuple[_Episode, EpisodeStats, bool]] = []  # (episode, stats, truncated)
         episodes: list[EpisodeStats] = []
+        spoiled: set[int] = set()  # groups a member of which was dropped: none of their episodes is compared
         uid = taken = failures = tokens = 0
         t_gen = t_env = 0.0
         to_log: list[tuple[EnvObs, str, str]] = []
 
+        def spoil(gid: int) -> None:
+            spoiled.add(gid)
+            for i in [i for i, e in running.items() if e.group == gid]:
+                del running[i]
+
         def start(group: int) -> None:
             nonlocal uid
+            restarts = getattr(self.envs, "restarts", 0)
             live_groups[group] = uid
             for i in self._start(group):
                 running[i] = _Episode(uid)
             uid += 1
+            if getattr(self.envs, "restarts", 0) != restarts:  # workers restarted: other envs may be on new states
+                for other, gid in list(live_groups.items()):
+                    if other != group:
+                        spoil(gid)
+
+        def kept() -> int:
+            return sum(len(e.samples) for e, _, _ in done if e.group not in spoiled) + \
+                sum(len(e.samples) for e in running.values())
+
+        def refill() -> None:
+            """Finished groups start again while the kept samples are under the budget."""
+            again = True
+            while again:
+                again = False
+                for group, gid in list(live_groups.items()):
+                    if group in live_groups and not any(e.group == gid for e in running.values()):
+                        del live_groups[group]
+                        if kept() < budget:
+                            start(group)
+                            again = True
 
         for group in range(N // G):
             start(group)
+        refill()
         while running:
             if should_stop is not None and should_stop():
                 raise CollectAbandoned(f"stopped after {taken} grouped env steps")
@@ -153,12 +186,14 @@ class GroupRolloutDataModule(RolloutDataModule):
             t_env += time.perf_counter() - t0
             taken += len(slots)
             for i in slots:
+                if i not in running:  # spoiled by an earlier slot's drop in this step
+                    continue
                 sample, episode = pending[i], running[i]
                 sample["reward"] = float(step.reward[i]) + sample.pop("penalty")
                 episode.samples.append(sample)
                 ended = bool(step.terminated[i] or step.truncated[i])
-                if ended and step.episodes[i] is None:  # the env module dropped it (a worker died)
-                    del running[i]
+                if ended and step.episodes[i] is None:  # the env module dropped it (a worker died or hung):
+                    spoil(episode.group)  # its group's baseline would favour the members that finished first
                     continue
                 self.memory.record(i, self._obs[i], actions[i])
                 if ended or len(episode.samples) >= self.episode_cap:
@@ -168,12 +203,9 @@ class GroupRolloutDataModule(RolloutDataModule):
                     episodes.append(stats)
                     del running[i]
             self._obs = list(step.obs)
-            for group, gid in list(live_groups.items()):
-                if not any(e.group == gid for e in running.values()):
-                    del live_groups[group]
-                    if taken < budget:
-                        start(group)
-        return self._assemble(done, episodes, failures, tokens, to_log, from_generate,
+            refill()
+        done = [d for d in done if d[0].group not in spoiled]
+        return self._assemble(done, [stats for _, stats, _ in done], failures, tokens, to_log, from_generate,
                               {"generate": t_gen, "env": t_env})
 
     def _assemble(self, done: list[tuple[_Episode, EpisodeStats, bool]], episodes: list[EpisodeStats],
@@ -201,9 +233,10 @@ class GroupRolloutDataModule(RolloutDataModule):
             logp, _, token_logp = self.score_tokens(prompts, gen_ids, weights)
         B = len(samples)
         rewards = torch.tensor([s["reward"] for s in samples], dtype=torch.float32).view(B, 1)
-        if self.kl_coef:
+        kl_penalty = None
+        if self.kl_coef:  # kept apart: inside the returns, group normalisation would blow it up to +-1
             ref_logp = self.score(prompts, gen_ids, weights, reference=True)[0]
-            rewards = rewards - self.kl_coef * (logp - ref_logp).view(B, 1)
+            kl_penalty = self.kl_coef * (logp - ref_logp)
         timings["score"] = time.perf_counter() - t0
         return Rollout(
             prompts=prompts, gen_ids=gen_ids, weights=weights, texts=[s["text"] for s in samples], logp=logp,
@@ -211,7 +244,7 @@ class GroupRolloutDataModule(RolloutDataModule):
             truncated=torch.tensor(truncated).view(B, 1), next_values=torch.zeros(B, 1), episodes=episodes,
             parse_failures=failures, gen_tokens=tokens, timings=timings, samples_for_log=to_log,
             token_logp=token_logp, episode_of=torch.tensor(episode_of), group_of=torch.tensor(group_of),
-            anchors=torch.tensor([s["anchor"] for s in samples], dtype=torch.int64),
+            anchors=torch.tensor([s["anchor"] for s in samples], dtype=torch.int64), kl_penalty=kl_penalty,
         )
 
     # ------------------------------------------------------------ resume: between rollouts nothing is in flight

@@ -75,6 +75,8 @@ class Rollout:
     """Grouped rollouts: (B,) the group (envs that started from the same state) of each sample."""
     anchors: Tensor | None = None
     """Grouped rollouts: (B,) int64 id of each sample's observation; identical observations share it."""
+    kl_penalty: Tensor | None = None
+    """Grouped rollouts with policy.kl_coef: (B,) kl_coef * (log p - log p_ref), subtracted from the advantage."""
     advantages: Tensor | None = None
     """(B,) filled by the trainer."""
     returns: Tensor | None = None

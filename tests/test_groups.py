@@ -229,3 +229,61 @@ def test_alfworld_reset_slots_share_the_game_file():
         assert c.text == a.text
     finally:
         m.close()
+
+
+def test_kl_penalty_is_subtracted_after_the_group_comparison():
+    """Equal returns (all failed) with tiny KL penalties: advantages stay tiny, not +-1 from dividing by their std."""
+    r = column(rewards=[0, 0, 0, 0], episode_of=[0, 1, 2, 3], group_of=[0, 0, 0, 0])
+    r.kl_penalty = torch.tensor([1e-4, 2e-4, 3e-4, 4e-4])
+    for estimator in (GRPO(), GiGPO(gamma=0.5)):
+        r.anchors = torch.tensor([1, 2, 3, 4])
+        adv, _ = estimator(r)
+        assert adv.tolist() == pytest.approx([-1e-4, -2e-4, -3e-4, -4e-4], abs=1e-9)
+
+
+def _steps_with_a_drop(data, slot: int, at_call: int):
+    """Wrap the env module's step: on call ``at_call`` slot ``slot``'s episode is dropped (a worker died)."""
+    real, calls = data.envs.step, [0]
+
+    def step(actions):
+        out = real(actions)
+        calls[0] += 1
+        if calls[0] == at_call:
+            out.truncated[slot], out.episodes[slot] = True, None
+        return out
+
+    data.envs.step = step
+
+
+def test_a_dropped_member_drops_its_whole_group(tiny_path):
+    policy, data = grouped(tiny_path, "rollout.steps_per_update=8")
+    _steps_with_a_drop(data, slot=0, at_call=1)  # group uid 0 (slots 0, 1) loses slot 0 on the first step
+    try:
+        rollout = data.collect()
+    finally:
+        data.envs.close()
+    groups = rollout.group_of.unique().tolist()
+    assert 0 not in groups  # slot 1's episode of that group is not compared with nothing
+    for g in groups:  # every kept group is whole: 2 episodes
+        assert len(rollout.episode_of[rollout.group_of == g].unique()) == 2
+    assert rollout.size >= 8  # the budget counts kept samples
+
+
+def test_a_worker_restart_while_starting_a_group_drops_the_groups_in_flight(tiny_path):
+    policy, data = grouped(tiny_path, "rollout.steps_per_update=8")
+    real, calls = data.envs.reset_slots, [0]
+
+    def reset_slots(slots, key):  # the second group's start restarts every worker (as gym_cards async does)
+        calls[0] += 1
+        if calls[0] == 2:
+            data.envs.restarts += 1
+        return real(slots, key)
+
+    data.envs.reset_slots = reset_slots
+    try:
+        rollout = data.collect()
+    finally:
+        data.envs.close()
+    assert 0 not in rollout.group_of.tolist()  # group uid 0 was running when the envs moved to new states
+    for g in rollout.group_of.unique().tolist():
+        assert len(rollout.episode_of[rollout.group_of == g].unique()) == 2

@@ -104,8 +104,12 @@ class Learner:
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v
                 epoch_kl += terms["approx_kl"]
-            if p.target_kl is not None and epoch_kl / rollout.size > p.target_kl:
-                break
+            if p.target_kl is not None:  # over every rank's samples: all ranks stop after the same epoch
+                kl, n = epoch_kl, float(rollout.size)
+                if self.fabric.world_size > 1:
+                    kl, n = self.fabric.all_reduce(torch.tensor([kl, n], dtype=torch.float64), reduce_op="sum").tolist()
+                if kl / n > p.target_kl:
+                    break
         out = {k: v / (rollout.size * epochs) for k, v in sums.items()}
         if self.policy.has_critic:
             out["explained_variance"] = ppo.explained_variance(rollout.values, rollout.returns)
@@ -139,8 +143,9 @@ def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, ro
                          cfg: Config) -> dict[str, float]:
     """Backward over the minibatch ``mb`` in micro-batches; returns loss terms summed over its samples.
 
-    Each micro-batch's loss is a sum scaled by 1 / len(mb), so the accumulated
-    gradient equals one pass over the whole minibatch, whatever the micro size.
+    Each micro-batch's loss is a sum scaled by 1 / len(mb) (under DDP: by world / the minibatch's size over
+    all ranks), so the accumulated gradient equals one pass over the whole minibatch, whatever the micro size
+    and however the samples are shared between ranks.
     Also ``first_micro_ratio_error``: mean |ratio - 1| over the first micro-batch.
     """
     p = cfg.ppo
@@ -148,8 +153,15 @@ def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, ro
     names = ("policy", "value", "entropy", "approx_kl", "clipfrac")
     sums = torch.zeros(len(names))
     by_token = p.loss_type == "token"
-    if by_token:  # the policy term is a mean over the minibatch's weighted answer tokens
-        token_total = float(sum(rollout.weights[i].sum() for i in mb.tolist()))
+    # Each sample weighs 1 / (the minibatch's samples over all ranks); DDP averages the ranks' gradients, so a
+    # rank scales by world / global count (= 1 / len(mb) when the ranks' shares are equal, as without groups).
+    counts = torch.tensor([float(len(mb)), float(sum(rollout.weights[i].sum() for i in mb.tolist()))],
+                          dtype=torch.float64)
+    world = fabric.world_size
+    if world > 1:
+        counts = fabric.all_reduce(counts, reduce_op="sum").cpu()
+    sample_scale = world / float(counts[0]) if world > 1 else 1.0 / len(mb)
+    token_scale = world / max(float(counts[1]), 1e-8)  # the policy term of loss_type=token: per weighted token
     vf_coef = p.vf_coef if policy.has_critic else 0.0
     for j, idx in enumerate(micro):
         ix = idx.tolist()
@@ -165,15 +177,15 @@ def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, ro
                 old = torch.zeros_like(w)
                 for row, i in enumerate(ix):
                     old[row, : len(rollout.token_logp[i])] = rollout.token_logp[i].to(dev)
-                tokens = (token_logp.float(), old, w, 1.0 / max(token_total, 1e-8))
+                tokens = (token_logp.float(), old, w, token_scale)
             terms = ppo.ppo_losses(
                 logp, rollout.logp[idx].to(dev), rollout.advantages[idx].to(dev), values.float(),
                 rollout.values[idx].to(dev), rollout.returns[idx].to(dev), entropy.float(),
                 clip=p.clip, value_clip=p.value_clip, vf_coef=vf_coef,
-                entropy_coef=cfg.policy.entropy_coef, scale=1.0 / len(mb), tokens=tokens,
+                entropy_coef=cfg.policy.entropy_coef, scale=sample_scale, tokens=tokens,
             )
             fabric.backward(terms.total)
-        sums += torch.stack([getattr(terms, n).detach().float().cpu() for n in names]) * len(mb)
+        sums += torch.stack([getattr(terms, n).detach().float().cpu() for n in names]) / sample_scale
         if j == 0:
             ratio = torch.exp(logp.detach() - rollout.logp[idx].to(dev))
             first_micro = float((ratio - 1).abs().mean())  # device sync, once per minibatch

@@ -23,9 +23,9 @@ def env(**extra):
     return e
 
 
-def run_harness(out, precision):
-    proc = subprocess.run([sys.executable, str(HERE / "ddp_harness.py"), str(out), precision], capture_output=True,
-                          text=True, timeout=600, env=env())
+def run_harness(out, precision, *extra):
+    proc = subprocess.run([sys.executable, str(HERE / "ddp_harness.py"), str(out), precision, *extra],
+                          capture_output=True, text=True, timeout=600, env=env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
@@ -39,6 +39,15 @@ def test_ddp_gradients_equal_one_process_and_ranks_stay_identical(tmp_path, tiny
         assert r["grad_rel_error_per_tensor"] < 1e-4
         assert r["loss_ddp"] == pytest.approx(r["loss_single"], rel=1e-4, abs=1e-6)
         assert r["params_equal_across_ranks"] and r["params_moved"]
+
+
+def test_ddp_with_uneven_shares_equals_one_pass_over_the_minibatch(tmp_path, tiny_path):
+    """3 samples on one rank, 5 on the other (grouped rollouts): each sample still weighs 1/8."""
+    for r in run_harness(tmp_path, "32-true", "uneven"):
+        assert r["global_batch"] == 8
+        assert r["grad_rel_error"] < 1e-5, r["grad_rel_error"]
+        assert r["loss_ddp"] == pytest.approx(r["loss_single"], rel=1e-4, abs=1e-6)
+        assert r["params_equal_across_ranks"]
 
 
 def test_ddp_at_bf16_mixed_syncs_float32_gradients_of_trunk_and_head(tmp_path, tiny_path):

@@ -1,12 +1,12 @@
-"""Run by tests/test_distributed.py as `python ddp_harness.py OUT [PRECISION]`; Fabric relaunches it for rank 1.
+"""Run by tests/test_distributed.py as `python ddp_harness.py OUT [PRECISION] [uneven]`; Fabric relaunches it for rank 1.
 
 With PRECISION bf16-mixed the model is a bfloat16 base with float32 LoRA
 adapters (the paper configs' setting), every forward under autocast.
 
 Both ranks build the same policy and collect the same 8-sample rollout. The
 single-process reference is one backward over all 8 samples; the DDP path has
-each rank back-propagate its half (samples rank::2) with gradients averaged by
-DDP. Each rank writes what it saw to OUT/rank<r>.json.
+each rank back-propagate its half (samples rank::2; with UNEVEN 3 and 5 samples)
+with gradients averaged by DDP. Each rank writes what it saw to OUT/rank<r>.json.
 """
 
 import json
@@ -25,7 +25,7 @@ from agentrl.learner import accumulate_gradients, whiten_global
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def main(out: Path, precision: str) -> None:
+def main(out: Path, precision: str, uneven: bool = False) -> None:
     torch.set_num_threads(1)
     fabric = Fabric(accelerator="cpu", devices=2, strategy="ddp", precision=precision)
     fabric.launch()
@@ -47,7 +47,8 @@ def main(out: Path, precision: str) -> None:
         rollout = data.collect()
     adv, ret = GAE(0.9, 0.95)(rollout)
     full = ppo.whiten(adv, adv.mean(), adv.var(unbiased=False))
-    mine = torch.arange(rank, 8, 2)
+    # uneven: 3 samples on rank 0, 5 on rank 1 (grouped rollouts differ in size per rank)
+    mine = (torch.arange(0, 3) if rank == 0 else torch.arange(3, 8)) if uneven else torch.arange(rank, 8, 2)
     sharded = whiten_global(fabric, adv[mine])  # global statistics from two halves
     rollout.advantages, rollout.returns = full, ret
 
@@ -113,4 +114,4 @@ def main(out: Path, precision: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "32-true")
+    main(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "32-true", "uneven" in sys.argv[3:])

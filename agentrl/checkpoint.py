@@ -201,7 +201,8 @@ def load_trainable(policy: torch.nn.Module, ckpt: Path, value_head: bool = True,
     must be present with its shape.
 
     ``value_head=False`` (``policy.init_from``, eval) also accepts a checkpoint without the value
-    head, such as sft's: the policy keeps its fresh one.
+    head, such as sft's (the policy keeps its fresh one), and a policy without one (critic-free) ignores
+    the checkpoint's.
     """
     if state is None:
         path = Path(ckpt) / "trainable.pt"
@@ -212,6 +213,8 @@ def load_trainable(policy: torch.nn.Module, ckpt: Path, value_head: bool = True,
                               f"it is damaged: use an earlier checkpoint") from None
     params = dict(policy.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
+    if not value_head:  # a critic-free policy started from a checkpoint with a value head: the head is not used
+        state = {n: t for n, t in state.items() if not n.startswith("value_head.") or n in params}
     if not value_head and not any(n.startswith("value_head.") for n in state):
         expected = {n for n in expected if not n.startswith("value_head.")}
     missing, unexpected = expected - set(state), set(state) - set(params)

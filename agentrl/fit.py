@@ -17,7 +17,15 @@ from typing import Any
 import torch
 from lightning.fabric.loggers import TensorBoardLogger
 
-from agentrl.checkpoint import RunDirLock, clean_stale, load_trainable, mark_best, resolve_resume, run_meta
+from agentrl.checkpoint import (
+    RunDirLock,
+    best_checkpoint,
+    clean_stale,
+    load_trainable,
+    mark_best,
+    resolve_resume,
+    run_meta,
+)
 from agentrl.config import Config, ConfigError, to_yaml
 from agentrl.distributed import Meeting, make_fabric
 from agentrl.heldout import HeldOut
@@ -120,6 +128,10 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
         last_ckpt = resume(fabric, start, policy=policy, learner=learner, data=data, run=run, cfg=cfg,
                            estimator=estimator)
         fabric.print(f"resumed from {last_ckpt} at update {run.update}")
+        named = out_dir / "checkpoints" / run.best_name
+        if fabric.is_global_zero and run.best_name and (named / "trainer_state.pt").is_file() \
+                and best_checkpoint(out_dir / "checkpoints") != named.resolve():
+            mark_best(named)  # a kill between the checkpoint and its best link
 
     reporter = Reporter(fabric, logger, total=t.max_updates, start=run.update)
     metrics: dict[str, float] = {}
@@ -172,7 +184,8 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
             held = heldout(policy)
             metrics.update(held)
             best = held["eval/success_rate"] > run.best_eval  # the same on every rank (gathered records)
-            run.best_eval = max(run.best_eval, held["eval/success_rate"])
+            if best:  # in the checkpoint's state, so a kill before mark_best is repaired on resume
+                run.best_eval, run.best_name = held["eval/success_rate"], f"update_{run.update:06d}"
         reporter.update(run.update, metrics, rollout, run.counters, every=t.log_every, image_every=t.image_log_every)
         if best or run.update == t.max_updates or (t.checkpoint_every and run.update % t.checkpoint_every == 0):
             last_ckpt, saved_at = checkpoint() or last_ckpt, run.update
@@ -185,6 +198,8 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
         if saved_at != run.update:  # the last completed update is not on disk yet
             last_ckpt = checkpoint() or last_ckpt
         data.envs.close()
+        if heldout is not None:
+            heldout.close()
         reporter.finish(metrics, run.counters, out_dir, last_ckpt)
         logger.finalize("preempted")
         raise Preempted(signum, last_ckpt if fabric.is_global_zero else None, run.update)

@@ -31,14 +31,16 @@ class HeldOut:
 
     @torch.no_grad()
     def __call__(self, policy: Any) -> dict[str, float]:
-        rng = torch.get_rng_state()
         policy.eval()
         records: list[dict[str, Any]] = []
-        if self.episodes:
-            with self.fabric.autocast():
-                records = run_episodes(policy, self.envs, self.template, self.parser, self.episodes, seed=self.seed,
-                                       greedy=self.cfg.trainer.eval_greedy, history=self.cfg.prompt.history)
-        torch.set_rng_state(rng)
+        device = self.fabric.device
+        # the CPU generator and the accelerator's (sampling draws on the logits' device) come back as they were
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if self.episodes:
+                with self.fabric.autocast():
+                    records = run_episodes(policy, self.envs, self.template, self.parser, self.episodes,
+                                           seed=self.seed, greedy=self.cfg.trainer.eval_greedy,
+                                           history=self.cfg.prompt.history)
         everyone = [r for part in gather_objects(records, self.fabric.world_size) for r in part]
         s = summarize(everyone)
         out = {"eval/success_rate": s["success_rate"], "eval/return": s["mean_return"],

@@ -39,6 +39,8 @@ class RunState:
     """Updates completed."""
     best_eval: float = float("-inf")
     """Best held-out success so far (``trainer.eval_every``); its checkpoint is ``checkpoints/best``."""
+    best_name: str = ""
+    """That checkpoint's directory name (a resume re-points ``checkpoints/best`` at it)."""
 
 
 def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data: Any, run: RunState,
@@ -56,7 +58,7 @@ def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data:
     if fabric.is_global_zero:
         state = {"format_version": FORMAT_VERSION, "update": run.update, "optimizer": learner.optimizer.state_dict(),
                  "scheduler": learner.scheduler.state_dict(), "counters": dict(run.counters), "ranks": ranks,
-                 "best_eval": run.best_eval}
+                 "best_eval": run.best_eval, "best_name": run.best_name}
         written = save_checkpoint(ckpt_dir, policy=policy, trainer_state=state, config_yaml=config_yaml, meta=meta)
         prune(ckpt_dir.parent, keep)  # trainer.keep_checkpoints
     fabric.barrier()
@@ -117,6 +119,7 @@ def _apply(fabric: Any, ckpt: Path, trainable: dict[str, Any], state: dict[str, 
     run.counters.update(state["counters"])
     run.update = state["update"]
     run.best_eval = state.get("best_eval", float("-inf"))
+    run.best_name = state.get("best_name", "")
 
 
 MUTABLE_ON_RESUME = (

@@ -287,3 +287,13 @@ def test_a_worker_restart_while_starting_a_group_drops_the_groups_in_flight(tiny
     assert 0 not in rollout.group_of.tolist()  # group uid 0 was running when the envs moved to new states
     for g in rollout.group_of.unique().tolist():
         assert len(rollout.episode_of[rollout.group_of == g].unique()) == 2
+
+
+def test_a_group_run_starts_from_a_gae_checkpoint(tmp_path, tiny_path):
+    """policy.init_from a PPO+GAE checkpoint (with a value head) into a critic-free run: the head is ignored."""
+    gae = tmp_path / "gae"
+    fit(load_config(ROOT / "conf/numberline.yaml", [*SMALL, "trainer.max_updates=1", f"trainer.out_dir={gae}"]))
+    result = fit(load_config(ROOT / "conf/numberline.yaml", [
+        *SMALL, "advantage.estimator=grpo", "rollout.group_size=2", "trainer.max_updates=1",
+        f"policy.init_from={gae}", f"trainer.out_dir={tmp_path / 'grpo'}"]))
+    assert not list(result.policy.value_head.parameters())

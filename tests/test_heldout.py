@@ -77,7 +77,7 @@ def test_held_out_reports_success_per_task_type(monkeypatch):
     monkeypatch.setattr(heldout, "run_episodes", lambda *a, **k: records)
 
     class Fabric:
-        world_size, global_rank = 1, 0
+        world_size, global_rank, device = 1, 0, torch.device("cpu")
 
         def autocast(self):
             import contextlib
@@ -112,3 +112,16 @@ def test_logged_samples_show_the_prompt_as_the_model_got_it(tmp_path, tiny_path)
     assert "answer:" in text and "You are playing Number Line" in text and '"action": "<one legal action>"' in text
     assert "<|im_start|>assistant" in text  # the chat template as applied
     assert "<image> x16" in text  # the tiny model's 16 image tokens, written once with their count
+
+
+def test_resume_repoints_best_when_a_kill_came_before_the_link(tmp_path, tiny_path):
+    out = tmp_path / "run"
+    common = [*SMALL, "trainer.eval_every=1", "trainer.eval_episodes=4", "trainer.checkpoint_every=1",
+              f"trainer.out_dir={out}"]
+    fit(load_config(ROOT / "conf/numberline.yaml", [*common, "trainer.max_updates=1"]))
+    ckpts = out / "checkpoints"
+    assert checkpoint.best_checkpoint(ckpts).name == "update_000001"
+    (ckpts / "best").unlink()  # as if killed after the checkpoint, before its link
+    fit(load_config(ROOT / "conf/numberline.yaml", [*common, "trainer.max_updates=2", "trainer.resume=auto"]))
+    best = checkpoint.best_checkpoint(ckpts)
+    assert best is not None and best.name == checkpoint.load_trainer_state(ckpts / "update_000002")["best_name"]

@@ -211,13 +211,13 @@ def test_hung_env_worker_is_killed_restarted_and_its_episodes_counted():
     from agentrl.config import EnvConfig
     from agentrl.envs.gym_cards import NumberLineModule
 
-    m = NumberLineModule(EnvConfig(name="numberline", num_envs=2, vector="async", step_timeout_s=2))
+    m = NumberLineModule(EnvConfig(name="numberline", num_envs=2, vector="async", step_timeout_s=5))
     try:
         before = m.reset(0)
         hung = m.envs.processes[0]
         os.kill(hung.pid, signal.SIGSTOP)  # alive, never answers: what a deadlocked game looks like
         start = time.monotonic()
-        with _Deadline(60), pytest.warns(UserWarning, match=r"no answer within env.step_timeout_s=2"):
+        with _Deadline(60), pytest.warns(UserWarning, match=r"no answer within env.step_timeout_s=5"):
             step = m.step(["+", "-"])
         assert time.monotonic() - start < 30
         assert not hung.is_alive()  # killed, not left stopped
@@ -235,7 +235,7 @@ def test_hung_alfworld_worker_is_killed_and_restarted_alone():
     from agentrl.config import EnvConfig
     from agentrl.envs.alfworld import AlfworldModule
 
-    m = AlfworldModule(EnvConfig(name="alfworld", num_envs=2, vector="async", image="none", step_timeout_s=3))
+    m = AlfworldModule(EnvConfig(name="alfworld", num_envs=2, vector="async", image="none", step_timeout_s=5))
     try:
         before = m.reset(0)
         survivor = m._workers.procs[0].pid
@@ -256,7 +256,7 @@ def test_hung_worker_at_reset_is_restarted_too():
     from agentrl.config import EnvConfig
     from agentrl.envs.gym_cards import NumberLineModule
 
-    m = NumberLineModule(EnvConfig(name="numberline", num_envs=2, vector="async", step_timeout_s=2))
+    m = NumberLineModule(EnvConfig(name="numberline", num_envs=2, vector="async", step_timeout_s=5))
     try:
         m.reset(0)
         os.kill(m.envs.processes[1].pid, signal.SIGSTOP)
@@ -273,7 +273,7 @@ def test_hung_alfworld_worker_at_reset_is_restarted():
     from agentrl.config import EnvConfig
     from agentrl.envs.alfworld import AlfworldModule
 
-    m = AlfworldModule(EnvConfig(name="alfworld", num_envs=2, vector="async", image="none", step_timeout_s=3))
+    m = AlfworldModule(EnvConfig(name="alfworld", num_envs=2, vector="async", image="none", step_timeout_s=5))
     try:
         m.reset(0)
         os.kill(m._workers.procs[0].pid, signal.SIGSTOP)

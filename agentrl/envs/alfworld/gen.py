@@ -218,6 +218,8 @@ def _progress() -> Any:
         TimeElapsedColumn,
     )
 
+    from agentrl.report import make_console
+
     return Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -225,4 +227,5 @@ def _progress() -> Any:
         MofNCompleteColumn(),
         TextColumn("games kept, {task.fields[rejected]} rejected"),
         TimeElapsedColumn(),
+        console=make_console(),  # stderr: a command's stdout (fit --show-prompt, eval's JSON path) stays its own
     )

@@ -30,7 +30,7 @@ from agentrl.config import ConfigError, EnvConfig
 from agentrl.envs.alfworld.engine import EXPERT_MAX_STEPS, WALKTHROUGH_MAX_STEPS
 from agentrl.envs.alfworld.game import AlfworldGame, GameSettings, SlotStep
 from agentrl.envs.alfworld.state import SHORT_NAMES
-from agentrl.envs.alfworld.worker import WorkerDied
+from agentrl.envs.alfworld.worker import START_S, WorkerDied
 from agentrl.envs.base import EnvModule, EnvObs, EnvStep
 
 DEFAULT_MAX_STEPS = WALKTHROUGH_MAX_STEPS
@@ -127,11 +127,12 @@ class AlfworldModule(EnvModule):
             self._workers.restart(i)
             conn = self._workers.conns[i]
             conn.send(("reset", (f"{self._seed}/{i}/restart{self.restarts}",)))
-            timeout = self._workers.timeout
-            if timeout is not None and not conn.poll(timeout):
+            if not self._workers.wait(i):
                 raise RuntimeError(f"ALFWorld worker {i} gave no answer to reset within env.step_timeout_s="
-                                   f"{timeout:g} s right after a restart; raise env.step_timeout_s if games load slowly")
+                                   f"{self._workers.timeout:g} s (+{START_S:g} s to start) right after a restart; "
+                                   f"raise env.step_timeout_s if games load slowly")
             status, obs = conn.recv()
+            self._workers.fresh[i] = False
             if status != "ok":
                 raise RuntimeError(f"ALFWorld worker {i} failed to reset after a restart:\n{obs}")
             slots[i] = SlotStep(obs=obs, reward=0.0, terminated=False, truncated=True,
@@ -155,14 +156,16 @@ class AlfworldModule(EnvModule):
                 self._workers.conns[i].send(("reset", (f"group/{key}",)))
             obs = []
             for i in slots:
-                conn = self._workers.conns[i]
-                timeout = self._workers.timeout
-                if (timeout is not None and not conn.poll(timeout)) or not self._workers.procs[i].is_alive():
+                if not self._workers.wait(i) or not self._workers.procs[i].is_alive():
                     self._workers.restart(i)
                     self.restarts += 1
-                    conn = self._workers.conns[i]
-                    conn.send(("reset", (f"group/{key}",)))
-                status, value = conn.recv()
+                    warnings.warn(f"ALFWorld worker {i} died or hung starting a group's episode; restarted it "
+                                  f"(restart {self.restarts})", stacklevel=2)
+                    self._workers.conns[i].send(("reset", (f"group/{key}",)))
+                    if not self._workers.wait(i):
+                        raise RuntimeError(f"ALFWorld worker {i} gave no answer to reset after a restart")
+                status, value = self._workers.conns[i].recv()
+                self._workers.fresh[i] = False
                 if status != "ok":
                     raise RuntimeError(f"ALFWorld worker {i} failed in 'reset':\n{value}")
                 obs.append(value)

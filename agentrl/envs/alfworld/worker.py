@@ -38,6 +38,11 @@ def _serve(conn: Connection, settings: GameSettings) -> None:
     conn.close()
 
 
+START_S = 120.0
+"""Seconds a freshly started worker gets on top of ``env.step_timeout_s`` for its first answer (it imports
+the engine and loads a game first; minutes on a loaded machine were not seen, tens of seconds were)."""
+
+
 class WorkerDied(RuntimeError):
     """Worker processes died or hung during a call; the others' results are kept (None for the lost)."""
 
@@ -58,12 +63,15 @@ class GameWorkers:
         self.settings = settings
         self.timeout = timeout
         """Seconds a call waits for each worker's answer; a silent worker counts as dead (None: forever)."""
+        self.fresh: list[bool] = []
+        """Per worker: not answered yet (its first answer includes importing the engine: START_S more)."""
         self.conns: list[Connection] = []
         self.procs: list[Any] = []
         for _ in range(num_envs):
             conn, proc = self._spawn()
             self.conns.append(conn)
             self.procs.append(proc)
+            self.fresh.append(True)
 
     def _spawn(self) -> tuple[Connection, Any]:
         parent, child = self.ctx.Pipe()
@@ -79,6 +87,14 @@ class GameWorkers:
         self.procs[i].join(timeout=5)
         self.conns[i].close()
         self.conns[i], self.procs[i] = self._spawn()
+        self.fresh[i] = True
+
+    def wait(self, i: int, seconds_left: float | None = None) -> bool:
+        """Whether worker ``i`` answers within the timeout (a fresh worker gets START_S more)."""
+        if self.timeout is None:
+            return True
+        left = self.timeout if seconds_left is None else seconds_left
+        return self.conns[i].poll(max(0.0, left + (START_S if self.fresh[i] else 0.0)))
 
     def call(self, method: str, args: list[tuple[Any, ...]]) -> list[Any]:
         """``game.method(*args[i])`` in worker i, all in parallel; results in order."""
@@ -91,10 +107,11 @@ class GameWorkers:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         for i, conn in enumerate(self.conns):
             try:
-                if deadline is not None and not conn.poll(max(0.0, deadline - time.monotonic())):
+                if deadline is not None and not self.wait(i, deadline - time.monotonic()):
                     hung.append(i)  # alive but silent past the deadline (stopped, deadlocked, spinning)
                     raise EOFError
                 status, value = conn.recv()
+                self.fresh[i] = False
             except (EOFError, ConnectionError):  # the process died (killed, segfault, out of memory)
                 dead.append(i)
                 results.append(None)

@@ -25,6 +25,9 @@ from agentrl.config import ConfigError, EnvConfig
 from agentrl.envs import GYM_IDS
 from agentrl.envs.base import EnvModule, EnvObs, EnvStep, EpisodeStats
 
+START_S = 120.0
+"""Seconds fresh async workers get on top of ``env.step_timeout_s`` for their first answer (they import first)."""
+
 SPLITS: dict[str, int] = {"train": 0, "eval": 1, "test": 2}
 """Split name -> index in the seed's spawn key."""
 
@@ -103,8 +106,17 @@ class GymCardsModule(EnvModule):
         self.restarts = 0
         self.dropped_episodes = 0
 
+    def _wait_s(self) -> float | None:
+        """env.step_timeout_s, plus START_S for workers that have not answered yet (they import first)."""
+        if self.timeout is None:
+            return None
+        wait = self.timeout + (START_S if self._fresh else 0.0)
+        self._fresh = False  # set again by the next _make_vector; a timeout restarts them anyway
+        return wait
+
     def _make_vector(self) -> gymnasium.vector.VectorEnv:
         mode = gymnasium.vector.AutoresetMode.SAME_STEP
+        self._fresh = True
         if self._async:
             return gymnasium.vector.AsyncVectorEnv(self._fns, context="spawn", autoreset_mode=mode)
         return gymnasium.vector.SyncVectorEnv(self._fns, autoreset_mode=mode)
@@ -115,7 +127,7 @@ class GymCardsModule(EnvModule):
         if self._async:
             try:
                 self.envs.reset_async(seed=seeds)
-                obs, infos = self.envs.reset_wait(timeout=self.timeout)
+                obs, infos = self.envs.reset_wait(timeout=self._wait_s())
             except (EOFError, ConnectionError, mp.TimeoutError) as e:
                 if _attempt >= 2:
                     raise RuntimeError(f"{self.game}: the env workers failed to reset 3 times in a row ({e!r}); "
@@ -141,7 +153,7 @@ class GymCardsModule(EnvModule):
         try:
             if self._async:
                 self.envs.reset_async(seed=seeds, options={"reset_mask": mask})
-                obs, infos = self.envs.reset_wait(timeout=self.timeout)
+                obs, infos = self.envs.reset_wait(timeout=self._wait_s())
             else:
                 obs, infos = self.envs.reset(seed=seeds, options={"reset_mask": mask})
         except (EOFError, ConnectionError, mp.TimeoutError) as e:
@@ -197,7 +209,7 @@ class GymCardsModule(EnvModule):
         if self._async:
             try:
                 self.envs.step_async(indices)
-                obs, reward, terminated, truncated, infos = self.envs.step_wait(timeout=self.timeout)
+                obs, reward, terminated, truncated, infos = self.envs.step_wait(timeout=self._wait_s())
             except (EOFError, ConnectionError, mp.TimeoutError) as e:  # died (killed, segfault, OOM) or hung
                 return self._recover(e)
         else:

@@ -143,6 +143,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "sweep" and not args.print_config:  # it checks each combination with its grid values
         return _sweep(args)  # (the overrides alone may need them: rollout.group_size=4 with an estimator grid)
     cfg = load_config(args.config, args.overrides)
+    if args.command == "eval" and args.checkpoint:
+        cfg = _checkpoint_model(cfg, args)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
@@ -229,6 +231,39 @@ def _sweep(args: argparse.Namespace) -> int:
 
     return run_sweep(args.config, args.overrides, args.grid, args.seeds, parallel=args.parallel, out=args.out,
                      force=args.force)
+
+
+def _checkpoint_model(cfg, args: argparse.Namespace):
+    """``cfg`` with the model settings the checkpoint was made with (its config.yaml), except the ``model.*``
+    keys given on the command line: eval need not be told the model, finetune mode or LoRA shape again."""
+    from dataclasses import replace
+
+    from omegaconf import OmegaConf
+
+    from agentrl.checkpoint import resolve_resume
+    from agentrl.config import ModelConfig
+
+    saved = resolve_resume(args.checkpoint, "--checkpoint") / "config.yaml"
+    if not saved.is_file():
+        return cfg
+    try:
+        model = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig),
+                                                    OmegaConf.load(saved).get("model", {})))
+    except Exception as e:  # a damaged or foreign config.yaml: say so, use the command line's settings
+        print(f"eval: could not read the model settings of {saved} ({type(e).__name__}); using the config's",
+              file=sys.stderr)
+        return cfg
+    given = [o.split("=", 1)[0] for o in args.overrides if o.startswith("model.")]
+    for key in given:  # the command line wins over the checkpoint
+        *parents, leaf = key.split(".")[1:]
+        src, dst = cfg.model, model
+        for name in parents:
+            src, dst = getattr(src, name), getattr(dst, name)
+        setattr(dst, leaf, getattr(src, leaf))
+    if model != cfg.model:
+        print(f"eval: model settings from {saved} (model.path={model.path}, model.finetune={model.finetune}"
+              f"{', LoRA r=' + str(model.lora.r) if model.finetune == 'lora' else ''})", file=sys.stderr)
+    return replace(cfg, model=model)
 
 
 def _eval(cfg, args: argparse.Namespace) -> int:

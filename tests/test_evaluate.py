@@ -217,3 +217,20 @@ def test_alfworld_default_step_limit_lets_the_expert_win_every_default_game(monk
         module.close()
         walks = [len(json.loads(Path(g).read_text())["walkthrough"]) for g in module.settings.gamefiles]
         assert len(walks) == 24 and max(walks) <= module.settings.max_steps < EXPERT_MAX_STEPS, (split, sorted(walks))
+
+
+def test_cli_eval_takes_the_model_settings_from_the_checkpoint(tmp_path, tiny_path):
+    """A LoRA checkpoint evaluated with a config that says finetune=full: eval reads the checkpoint's own
+    model settings (before: exit 2, "does not fit this config", until model.* were repeated by hand)."""
+    from agentrl.sft import sft
+
+    cfg = load_config(ROOT / "conf/sft/numberline.yaml", [*SMALL, "sft.examples=6", "sft.epochs=1", "sft.batch_size=6",
+                                                           "sft.perception_epochs=0", "model.finetune=lora",
+                                                           "model.lora.r=4", "model.lora.alpha=8",
+                                                           f"trainer.out_dir={tmp_path / 'lora'}"])
+    ckpt = sft(cfg, argv=["test"])
+    proc = _cli("eval", "-c", str(ROOT / "conf/numberline.yaml"), *SMALL, "--checkpoint", str(ckpt),
+                "--episodes", "2", "--out", str(tmp_path / "e.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "model settings from" in proc.stderr and "model.finetune=lora" in proc.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["episodes"] == 2

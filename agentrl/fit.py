@@ -86,6 +86,12 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
 
     hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
     t = cfg.trainer
+    if t.strategy == "fsdp" or t.strategy.startswith("deepspeed"):
+        raise ConfigError(
+            f"trainer.strategy={t.strategy}: agentrl fit cannot shard yet. Each rank's rollouts generate a "
+            f"different number of tokens, and a sharded model's every forward is a collective the ranks must "
+            f"all make, so the run would hang in the first rollout (issue 15). Use trainer.strategy=ddp "
+            f"(LoRA, bf16-mixed and model.gradient_checkpointing=true keep a 7B model on one 80 GB GPU)")
     out_dir = Path(t.out_dir)
     logger = TensorBoardLogger(root_dir=str(out_dir), name="tensorboard", version="")
     fabric = make_fabric(t, loggers=logger)

@@ -243,7 +243,10 @@ def _checkpoint_model(cfg, args: argparse.Namespace):
     from agentrl.checkpoint import resolve_resume
     from agentrl.config import ModelConfig
 
-    saved = resolve_resume(args.checkpoint, "--checkpoint") / "config.yaml"
+    try:
+        saved = resolve_resume(args.checkpoint, "--checkpoint") / "config.yaml"
+    except ConfigError:  # eval itself says what is wrong with it (--print-config needs no checkpoint)
+        return cfg
     if not saved.is_file():
         return cfg
     try:

@@ -18,16 +18,7 @@ LOGS=$OUT/logs
 mkdir -p "$LOGS" "$OUT/eval"
 START=$(date +%s)
 
-pool() {  # "LOG COMMAND..." lines from stdin, 2 at a time, each echoed first
-  local log cmd failed=0
-  while read -r log cmd; do
-    while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n || failed=1; done
-    echo "+ $cmd > $log"
-    bash -c "$cmd" > "$log" 2>&1 &
-  done
-  while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done
-  if [ "$failed" = 1 ]; then echo "a command failed; see the logs in $LOGS" >&2; exit 1; fi
-}
+. experiments/numberline_cpu/pool.sh  # pool: at most 2 commands at a time
 
 evals() {  # NAME CHECKPOINT overrides...: greedy and sampled held-out evals, skipped when done
   local name=$1 ckpt=$2; shift 2

@@ -23,17 +23,7 @@ LOGS=$OUT/logs
 mkdir -p "$LOGS"
 START=$(date +%s)
 
-# Run "LOG COMMAND..." lines from stdin, at most 2 at a time; each command is echoed first.
-pool() {
-  local log cmd failed=0
-  while read -r log cmd; do
-    while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n || failed=1; done
-    echo "+ $cmd > $log"
-    bash -c "$cmd" > "$log" 2>&1 &
-  done
-  while [ "$(jobs -rp | wc -l)" -gt 0 ]; do wait -n || failed=1; done
-  if [ "$failed" = 1 ]; then echo "a command failed; see the logs in $LOGS" >&2; exit 1; fi
-}
+. experiments/numberline_cpu/pool.sh  # pool: at most 2 commands at a time
 
 # Eval lines ($MODES: greedy and sampled unless set) for CHECKPOINT with config overrides, writing $OUT/eval/NAME-MODE.json.
 evals() {

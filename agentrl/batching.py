@@ -14,7 +14,12 @@ cache: in generation, in the teacher-forced forward of scoring and training
 (gradients of all rows flow back into the one prefix pass) and in values.
 Rows are laid out ``[prefix | left-padded rest | answer]``, with positions
 counted over real tokens only, so every row sees exactly the positions it has
-alone. Results match the unshared path up to float round-off (tests/test_decode.py).
+alone. Qwen2-VL / 2.5-VL's rotary positions are 3-D (time, height, width: an
+image's tokens share positions on its grid, the text after it goes on from the
+largest), so there :meth:`PromptBatcher.positions` takes them from the model's
+own ``get_rope_index`` over each row's whole prompt; the prefix is text, where
+all three are the 1-D count. Results match the unshared path and transformers'
+``generate`` up to float round-off (tests/test_decode.py, tests/test_families.py).
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from transformers.cache_utils import DynamicCache
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 """Processor outputs with one entry per token: padded, not concatenated."""
 
-VERIFIED_FAMILIES = ("llava", "llava_next", "idefics3")
-"""Model types whose forward is verified to continue from a cached prefix with 1-D positions taken
-from the mask (tests/test_decode.py, tests/test_families.py). Qwen2-VL / 2.5-VL are not: their 3-D
-rotary positions (``get_rope_index``, from the image grid) are not the mask's, so they run unshared,
-through transformers' own position handling and ``generate`` (a one-line warning says so)."""
+VERIFIED_FAMILIES = ("llava", "llava_next", "idefics3", "qwen2_vl", "qwen2_5_vl")
+"""Model types verified on agentrl's own decode loop and the shared prefix, with each row's own positions
+(tests/test_decode.py, tests/test_families.py); others run unshared through transformers' ``generate``
+(a one-line warning says so)."""
+GRID_KEYS = {"pixel_values": "image_grid_thw", "pixel_values_videos": "video_grid_thw"}
+"""Qwen-style patch tensors, (patches of all images, D), and the (T, H, W) grid that sizes each image's share."""
 MIN_SHARED_PREFIX = 16
 """Shorter common prefixes are not worth a separate pass."""
 
@@ -71,7 +77,9 @@ class PromptBatcher:
         self.image_size = image_size
         config = model.config
         self.verified = getattr(config, "model_type", None) in VERIFIED_FAMILIES
-        """1-D positions from the mask (each row's own, padding skipped) and batched processor calls."""
+        """Each row's own positions (padding skipped) given explicitly, and batched processor calls."""
+        self.rope = next((m for m in model.modules() if hasattr(type(m), "get_rope_index")), None)
+        """Qwen2-VL / 2.5-VL: the module whose ``get_rope_index`` gives the 3-D (M-RoPE) positions; else None."""
         self.share = share_prefix and self.verified
         if not self.verified:
             warnings.warn(f"{getattr(config, 'model_type', type(model).__name__)}: agentrl's own decode loop and the "
@@ -95,8 +103,9 @@ class PromptBatcher:
         """:meth:`encode` for many (messages, image) pairs in ONE processor call, same result per prompt.
 
         ~3x faster for a batch of 16 NumberLine prompts. Verified families only
-        (every processor output then has one row per prompt); others, or a mix
-        of prompts with and without images, are encoded one by one.
+        (every processor output then has one row per prompt, or for Qwen one
+        grid's share of the patches per image); others, or a mix of prompts
+        with and without images, are encoded one by one.
         """
         with_image = [image is not None for _, image in items]
         if not self.verified or len(items) < 2 or len(set(with_image)) > 1:
@@ -104,11 +113,15 @@ class PromptBatcher:
         texts = [self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _ in items]
         images = {"images": [self._pil(image) for _, image in items]} if with_image[0] else {}
         out = self.processor(text=texts, **images, padding=True, return_tensors="pt")
-        if any(v.shape[0] != len(items) for v in out.values()):
+        # Qwen's patches of all images come in one (patches, D) tensor: each image's share is its grid's size
+        split = {k: v.split(out[GRID_KEYS[k]].prod(-1).tolist()) for k, v in out.items()
+                 if GRID_KEYS.get(k) in out and len(out[GRID_KEYS[k]]) == len(items)}
+        if any(v.shape[0] != len(items) for k, v in out.items() if k not in split):
             return [self.encode(m, image) for m, image in items]
         prompts = []
         for i, keep in enumerate(out["attention_mask"].bool()):
-            prompts.append({k: v[i : i + 1, keep] if k in TOKEN_KEYS else v[i : i + 1] for k, v in out.items()})
+            prompts.append({k: split[k][i] if k in split else v[i : i + 1, keep] if k in TOKEN_KEYS else v[i : i + 1]
+                            for k, v in out.items()})
         return prompts
 
     def _pil(self, image: np.ndarray) -> Image.Image:
@@ -189,9 +202,12 @@ class PromptBatcher:
         """Run ``prefix`` once (batch 1) and return its key/value cache repeated ``batch`` times.
 
         Under autograd the repeat's backward sums every row's gradient into the one prefix pass.
+        The prefix is text without padding: positions 0..S-1 (all three of Qwen's axes alike).
         """
         cache = DynamicCache(config=self.model.config)
-        self.model(**{k: v.to(device) for k, v in prefix.items()}, cache=cache, use_cache=True, logits_to_keep=1)
+        inputs = {k: v.to(device) for k, v in prefix.items()}
+        positions = torch.arange(inputs["input_ids"].shape[1], device=device)[None]
+        self.model(**inputs, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(batch)
         return cache
 
@@ -204,19 +220,38 @@ class PromptBatcher:
         full mask and explicit positions that skip the padding.
         """
         kw: dict[str, Any] = {k: v.to(device) for k, v in batch.items()}
-        mask, size = kw["attention_mask"], 0
         if prefix is not None:
-            rows = mask.shape[0]
-            size = prefix["input_ids"].shape[1]
+            rows = kw["input_ids"].shape[0]
             kw["cache"] = self.prefix_cache(prefix, rows, device)
             if for_generate:
                 for key, part in prefix.items():
                     kw[key] = torch.cat([part.to(device).expand(rows, -1), kw[key]], dim=1)
                 return kw
-            kw["attention_mask"] = torch.cat([mask.new_ones(rows, size), mask], dim=1)
-        if self.verified or prefix is not None:  # each row's own positions, left padding skipped
-            kw["position_ids"] = size + (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if self.verified or prefix is not None:
+            kw["position_ids"] = self.positions(kw, prefix)
+        if prefix is not None:
+            mask = kw["attention_mask"]
+            kw["attention_mask"] = torch.cat([mask.new_ones(rows, prefix["input_ids"].shape[1]), mask], dim=1)
         return kw
+
+    def positions(self, kw: dict[str, Tensor], prefix: Prompt | None) -> Tensor:
+        """The positions of ``kw``'s tokens that each row has alone, after ``prefix`` (left padding skipped).
+
+        (B, L): counted over real tokens. Qwen2-VL / 2.5-VL with images: (3, B, L) from the model's own
+        ``get_rope_index`` over the rows' whole prompts (an image token's time, height and width on its
+        grid; text goes on from the largest position before it), the prefix's columns dropped.
+        """
+        mask = kw["attention_mask"]
+        size = 0 if prefix is None else prefix["input_ids"].shape[1]
+        grids = {k: kw[k] for k in ("image_grid_thw", "video_grid_thw", "second_per_grid_ts") if k in kw}
+        if self.rope is None or "mm_token_type_ids" not in kw or not grids:
+            return size + (mask.long().cumsum(-1) - 1).clamp(min=0)
+        whole = {k: kw[k] for k in ("input_ids", "mm_token_type_ids", "attention_mask")}
+        if prefix is not None:  # the same text in front of every row: media types 0, mask 1
+            whole = {k: torch.cat([prefix[k].to(v.device).expand(v.shape[0], -1) if k in prefix else
+                                   v.new_zeros(v.shape[0], size), v], dim=1) for k, v in whole.items()}
+        positions, _ = self.rope.get_rope_index(**whole, **grids)
+        return positions[..., size:]
 
 
 def _checkpointing(model: nn.Module) -> bool:

@@ -221,7 +221,9 @@ class Decoder:
         logits = head(last)
         rows = mask.shape[0]
         done = torch.zeros(rows, dtype=torch.bool, device=mask.device)
-        pos = pos[:, -1:]
+        # each next token's position is one past the row's largest so far (Qwen: all three of the image's axes)
+        pos = pos.amax(-1, keepdim=True)
+        pos = pos.amax(0) if pos.ndim == 3 else pos
         tokens, logps = [], []
         for t in range(self.max_new_tokens):
             logits = logits.float()

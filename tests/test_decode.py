@@ -165,7 +165,7 @@ def test_checkpointing_and_unverified_families_run_unshared(tiny_path):
         assert policy.batcher.split_prefix(prompts)[0] is not None
     policy.eval()
     assert policy.batcher.split_prefix(prompts)[0] is not None
-    policy.model.config.model_type = "qwen2_vl"  # what from_config sees for a family not verified here
+    policy.model.config.model_type = "paligemma"  # what from_config sees for a family not verified here
     try:
         from agentrl.policy import PolicyModule
 

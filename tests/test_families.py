@@ -65,20 +65,23 @@ def setup(family):
 
 
 def run_path(policy, prompts, own: bool, share: bool, greedy: bool = True):
-    """Generate (scored), then the teacher-forced forward and values() on one decode / prefix path."""
+    """Generate (scored), then the teacher-forced forward + backward and values() on one decode / prefix path."""
     saved = policy.decoder.own_loop, policy.batcher.verified, policy.batcher.share
     policy.decoder.own_loop = policy.batcher.verified = own
     policy.batcher.share = share
     try:
         torch.manual_seed(1)
         gen = policy.generate(prompts, greedy=greedy, score=True)
-        train = policy.collate_train(prompts, gen.ids, [torch.ones(len(g)) for g in gen.ids])
+        train = policy.collate_train(prompts, gen.ids, [torch.full((len(g),), 0.5) for g in gen.ids])
         assert (train.prefix is not None) == share
-        with torch.no_grad():
-            logp, values, _ = policy(train)
-        return gen, logp, values, policy.values(prompts)
+        policy.zero_grad(set_to_none=True)
+        logp, values, _ = policy(train)
+        (logp.sum() + values.sum()).backward()
+        grads = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
+        return gen, logp.detach(), values.detach(), policy.values(prompts), grads
     finally:
         policy.decoder.own_loop, policy.batcher.verified, policy.batcher.share = saved
+        policy.zero_grad(set_to_none=True)
 
 
 # ---------------------------------------------------------------- the builders and loading
@@ -216,45 +219,74 @@ def test_make_tiny_model_cli_builds_each_family(tmp_path, capsys):
 # ---------------------------------------------------------------- decoding paths
 
 
-def test_unverified_families_fall_back_to_generate_and_say_so(setup):
+def test_every_family_takes_the_own_loop_and_shares_the_prefix(setup):
     name, policy, _, prompts, messages = setup
-    verified = name in VERIFIED_FAMILIES
-    assert policy.decoder.own_loop == policy.batcher.verified == policy.batcher.share == verified
-    assert (policy.batcher.split_prefix(prompts)[0] is not None) == verified
-    warned = [m for m in messages if "own decode loop" in m]
-    assert len(warned) == (0 if verified else 1) and (verified or name in warned[0])
-    assert set(QWEN) & set(VERIFIED_FAMILIES) == set()  # 3-D rotary positions: see the next test
+    assert name in VERIFIED_FAMILIES
+    assert policy.decoder.own_loop and policy.batcher.verified and policy.batcher.share
+    assert policy.batcher.split_prefix(prompts)[0] is not None
+    assert not [m for m in messages if "own decode loop" in m]
 
 
 def test_every_family_scores_what_it_samples_on_every_path_it_takes(setup):
-    """Greedy answers equal transformers' generate; log-probs within 1e-5 of a teacher-forced forward;
-    values equal with and without the shared prefix (verified families) or from generate (the rest)."""
+    """On left-padded prompts of two lengths, every path (own loop or generate, prefix shared or not) gives
+    transformers' greedy answers; log-probs within 1e-5 of generate's and of a teacher-forced forward;
+    values and gradients equal to the unshared forward's."""
     name, policy, _, prompts, _ = setup
-    ref_gen, ref_logp, ref_values, ref_boot = run_path(policy, prompts, own=False, share=False)
+    ref_gen, ref_logp, ref_values, ref_boot, ref_grads = run_path(policy, prompts, own=False, share=False)
     for i, row in enumerate(ref_gen.token_logp):
         torch.testing.assert_close(row, ref_logp[i, : len(row)], atol=1e-5, rtol=0)
     torch.testing.assert_close(ref_gen.values, ref_values, atol=1e-6, rtol=0)
     torch.testing.assert_close(ref_boot, ref_values, atol=1e-6, rtol=0)
-    paths = [(True, False), (False, True), (True, True)]
-    if name not in VERIFIED_FAMILIES:
-        # why Qwen must not take the fast path: 1-D positions from the mask are another model there
-        _, logp, _, _ = run_path(policy, prompts, own=True, share=False)
-        assert float((logp - ref_logp).abs().max()) > 1e-4
-        paths = []
-    for own, share in paths:
-        gen, logp, values, boot = run_path(policy, prompts, own, share)
-        assert all(torch.equal(a, b) for a, b in zip(ref_gen.ids, gen.ids)), (own, share)
+    assert any(len(g) > 1 for g in ref_gen.ids)  # decode steps after the prefill are compared too
+    total = sum(float(g.norm()) ** 2 for g in ref_grads.values()) ** 0.5
+    for own, share in [(True, False), (False, True), (True, True)]:
+        path = f"{name} own_loop={own} share_prefix={share}"
+        gen, logp, values, boot, grads = run_path(policy, prompts, own, share)
+        assert all(torch.equal(a, b) for a, b in zip(ref_gen.ids, gen.ids)), path
         for a, b in zip(ref_gen.token_logp, gen.token_logp):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-        torch.testing.assert_close(ref_logp, logp, atol=1e-5, rtol=0)
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=lambda m, path=path: f"{path}: {m}")
+        torch.testing.assert_close(ref_logp, logp, atol=1e-5, rtol=0, msg=lambda m, path=path: f"{path}: {m}")
         torch.testing.assert_close(ref_values, values, atol=1e-6, rtol=0)
         torch.testing.assert_close(ref_gen.values, gen.values, atol=1e-6, rtol=0)
         torch.testing.assert_close(ref_boot, boot, atol=1e-6, rtol=0)
+        assert grads.keys() == ref_grads.keys(), path
+        err = sum(float((ref_grads[n] - grads[n]).norm()) ** 2 for n in grads) ** 0.5
+        assert err < 1e-5 * total, (path, err / total)
+
+
+def test_each_row_gets_the_positions_it_has_alone(setup):
+    """Positions skip a row's left padding and continue after the shared prefix. Qwen's image tokens sit on a
+    (time, height, width) grid: there they are transformers' ``get_rope_index`` of the row alone, (3, B, L),
+    also beside a text-only row (SFT batches mix them)."""
+    import dataclasses
+
+    name, policy, data, prompts, _ = setup
+    batcher = policy.batcher
+    rope = next((m for m in policy.model.modules() if hasattr(type(m), "get_rope_index")), None)
+    assert (rope is not None) == (name in QWEN)
+    obs = data.envs.reset(0)
+    text_only = policy.encode(data.template.messages(dataclasses.replace(obs[1], image=None)), None)
+    mixed = [prompts[0], text_only, prompts[2]]
+    for batch, share in [(prompts, False), (prompts, None), (mixed, False), (mixed, None)]:
+        prefix, rest = batcher.split_prefix(batch, share)
+        assert (prefix is None) == (share is False)
+        pos = batcher.model_kwargs(batcher.collate(rest), prefix, torch.device("cpu"))["position_ids"]
+        assert pos.shape[-2:] == (len(batch), max(r["input_ids"].shape[1] for r in rest))
+        size = 0 if prefix is None else prefix["input_ids"].shape[1]
+        for i, p in enumerate(batch):
+            n = p["input_ids"].shape[1]
+            if rope is None or "image_grid_thw" not in p:
+                alone = torch.arange(n)[None]
+            else:
+                alone = rope.get_rope_index(p["input_ids"], p["mm_token_type_ids"], p["image_grid_thw"])[0]
+                assert pos.shape[0] == 3 and not torch.equal(alone[0, 0], torch.arange(n))  # not the 1-D count
+            got = pos[..., i, pos.shape[-1] - (n - size) :]
+            assert torch.equal(got, alone[..., 0, size:].expand_as(got)), (name, share, i)  # text: 3 equal rows
 
 
 def test_sampled_answers_score_the_same_under_a_forward(setup):
     name, policy, _, prompts, _ = setup
-    gen, logp, values, _ = run_path(policy, prompts, policy.decoder.own_loop, policy.batcher.share, greedy=False)
+    gen, logp, values, _, _ = run_path(policy, prompts, policy.decoder.own_loop, policy.batcher.share, greedy=False)
     assert any(len(g) > 1 for g in gen.ids)
     for i, row in enumerate(gen.token_logp):
         torch.testing.assert_close(row, logp[i, : len(row)], atol=1e-5, rtol=0)

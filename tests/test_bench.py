@@ -29,6 +29,21 @@ def test_bench_rollout_smoke(tiny_path, capsys):
     assert rows[0]["speedup"] == 1.0
 
 
+def test_bench_rollout_compares_the_own_loop_with_generate_on_qwen(capsys):
+    from agentrl.tiny import tiny_model_path
+
+    path = tiny_model_path(family="qwen2_5_vl")
+    rows = bench_rollout.main(["--model-path", str(path), "--steps", "4", "--sizes", "4", "--max-new-tokens", "6",
+                               "--vs-generate"])
+    assert [(r["variant"], r["num_envs"]) for r in rows] == [
+        ("reference", 1), ("agentrl", 4), ("agentrl, generate", 4)]
+    assert all(r["tokens"] == 4 * 6 for r in rows)  # the same work on both decoders
+    own, hf = rows[1], rows[2]
+    assert own["vs_generate"] == pytest.approx(hf["wall_s"] / own["wall_s"], rel=1e-9) and "vs_generate" not in hf
+    out = capsys.readouterr().out
+    assert "vs generate" in out and f"{own['vs_generate']:.2f}x" in out and "qwen2_5_vl" in out
+
+
 def test_bench_update_smoke(tiny_path, capsys):
     # the bench itself asserts that losses and gradients match micro-batch 1
     rows = bench_update.main(["--samples", "8", "--num-envs", "4", "--minibatch", "4", "--micro", "1", "4",

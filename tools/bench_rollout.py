@@ -3,6 +3,7 @@
     python tools/bench_rollout.py                     # tiny model, NumberLine, CPU, 128 env steps
     python tools/bench_rollout.py --sizes 1 4 16 64 --steps 128 --json
     python tools/bench_rollout.py --model-path /models/llava --device cuda --dtype bfloat16
+    python tools/bench_rollout.py --model-path DIR --vs-generate   # also each size on transformers' generate
 
 (a) "reference": what the reference implementation does per process, written
     out faithfully: one env, per step a batch-1 transformers ``generate``
@@ -12,6 +13,10 @@
     step one batched pass of agentrl's decode loop (shared prompt prefix run
     once, Gumbel-max sampling, log-probs and values from that pass). The
     "agentrl, 1 env" row shows what the loop alone gives, without batching.
+(c) with ``--vs-generate``, "agentrl, generate": the same ``collect`` with
+    transformers' ``generate`` in place of agentrl's decode loop (the fallback
+    of unverified families), everything else equal; the own loop's row then
+    shows its speed over this one's at the same ``num_envs`` ("vs generate").
 
 Every variant takes the same number of env steps (``--steps``) with the same
 model weights, sampling settings (temperature, top_p, top_k=0) and
@@ -173,24 +178,44 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.lengths == "fixed":
         policy.sampler.min_new_tokens = args.max_new_tokens
 
+    own_loop = policy.decoder.own_loop
+    if args.vs_generate and not own_loop:
+        raise SystemExit(f"--vs-generate: {policy.model.config.model_type} runs transformers' generate already "
+                         f"(agentrl's own decode loop is not verified for it)")
+    loops = {"agentrl": own_loop, "agentrl, generate": False} if args.vs_generate else {"agentrl": own_loop}
+
     # warm-up (lazy inits, allocator, kernels): a few steps of each code path, untimed
     reference_loop(policy, base, 2, args.seed)
-    agentrl_collect(make_data(base, cfg, 4, 4))
+    for own in loops.values():
+        policy.decoder.own_loop = own
+        agentrl_collect(make_data(base, cfg, 4, 4))
 
     rows = []
     out, wall, mem = timed(device, args.seed, reference_loop, policy, base, args.steps, args.seed)
     rows.append({"variant": "reference", "num_envs": 1, "steps": args.steps, "wall_s": wall, "peak_mb": mem, **out})
     base.envs.close()
-    for n in args.sizes:
-        data = make_data(base, cfg, n, args.steps)
-        out, wall, mem = timed(device, args.seed, agentrl_collect, data)
-        data.envs.close()
-        rows.append({"variant": "agentrl", "num_envs": n, "steps": args.steps, "wall_s": wall, "peak_mb": mem, **out})
+    try:
+        for n in args.sizes:
+            for variant, own in loops.items():
+                policy.decoder.own_loop = own
+                data = make_data(base, cfg, n, args.steps)
+                out, wall, mem = timed(device, args.seed, agentrl_collect, data)
+                data.envs.close()
+                rows.append({"variant": variant, "num_envs": n, "steps": args.steps, "wall_s": wall, "peak_mb": mem,
+                             **out})
+    finally:
+        policy.decoder.own_loop = own_loop
     ref = rows[0]["steps"] / rows[0]["wall_s"]
     for r in rows:
+        r["model_type"] = policy.model.config.model_type
         r["env_steps_per_s"] = r["steps"] / r["wall_s"]
         r["tokens_per_s"] = r["tokens"] / r["wall_s"]
         r["speedup"] = r["env_steps_per_s"] / ref
+    if args.vs_generate:  # the own loop over generate, at the same number of envs
+        hf = {r["num_envs"]: r for r in rows if r["variant"] == "agentrl, generate"}
+        for r in rows:
+            if r["variant"] == "agentrl":
+                r["vs_generate"] = r["env_steps_per_s"] / hf[r["num_envs"]]["env_steps_per_s"]
     return rows
 
 
@@ -198,14 +223,16 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     from rich.table import Table
 
     table = Table(title=f"rollout: {args.env}, {args.steps} env steps, max_new_tokens {args.max_new_tokens} "
-                        f"({args.lengths} lengths), {args.device} {args.dtype}, model {args.model_path}")
+                        f"({args.lengths} lengths), {args.device} {args.dtype}, model {args.model_path} "
+                        f"({rows[0]['model_type']})")
     for col in ("variant", "envs", "env-steps/s", "tokens/s", "tokens", "generate s", "score s", "wall s",
-                "peak MB", "speedup"):
+                "peak MB", "speedup", *(["vs generate"] if args.vs_generate else [])):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in rows:
+        ratio = [f"{r['vs_generate']:.2f}x" if "vs_generate" in r else ""] if args.vs_generate else []
         table.add_row(r["variant"], str(r["num_envs"]), f"{r['env_steps_per_s']:.1f}", f"{r['tokens_per_s']:.0f}",
                       str(r["tokens"]), f"{r['generate_s']:.2f}", f"{r['score_s']:.2f}", f"{r['wall_s']:.2f}",
-                      f"{r['peak_mb']:.0f}", f"{r['speedup']:.2f}x")
+                      f"{r['peak_mb']:.0f}", f"{r['speedup']:.2f}x", *ratio)
     benchlib.print_rich(table)
 
 
@@ -215,6 +242,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16, 64], help="num_envs for agentrl's collect")
     p.add_argument("--lengths", choices=("fixed", "free"), default="fixed",
                    help="fixed: every answer is max_new_tokens long (equal work); free: sample EOS freely")
+    p.add_argument("--vs-generate", action="store_true",
+                   help="also run each size with transformers' generate in place of agentrl's decode loop")
     return p.parse_args(argv)
 
 

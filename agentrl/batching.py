@@ -78,7 +78,8 @@ class PromptBatcher:
         config = model.config
         self.verified = getattr(config, "model_type", None) in VERIFIED_FAMILIES
         """Each row's own positions (padding skipped) given explicitly, and batched processor calls."""
-        self.rope = next((m for m in model.modules() if hasattr(type(m), "get_rope_index")), None)
+        modules = model.modules() if isinstance(model, nn.Module) else ()  # a config-only stand-in encodes only
+        self.rope = next((m for m in modules if hasattr(type(m), "get_rope_index")), None)
         """Qwen2-VL / 2.5-VL: the module whose ``get_rope_index`` gives the 3-D (M-RoPE) positions; else None."""
         self.share = share_prefix and self.verified
         if not self.verified:

@@ -68,9 +68,12 @@ def save_checkpoint(
     config_yaml: str,
     meta: dict[str, Any],
     export: bool = True,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``ckpt_dir`` atomically and point ``latest`` at it. Returns ``ckpt_dir``.
 
+    ``weights``: the policy's full parameters, gathered beforehand from a sharded
+    policy (:func:`agentrl.sharding.full_weights`); None reads them from ``policy``.
     On any error (disk full, ...) the temp dir is removed and the previous
     checkpoint is left as it was; the error says so.
     """
@@ -80,10 +83,12 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        torch.save(trainable_state(policy), tmp / "trainable.pt")
+        trainable = trainable_state(policy) if weights is None else {
+            n: t for n, t in weights.items() if n in {m for m, p in policy.named_parameters() if p.requires_grad}}
+        torch.save(trainable, tmp / "trainable.pt")
         torch.save(trainer_state, tmp / "trainer_state.pt")
         if export:
-            export_hf(policy, tmp)
+            export_hf(policy, tmp, weights)
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if ckpt_dir.exists():
@@ -136,15 +141,23 @@ def clean_stale(ckpts: Path) -> list[Path]:
     return stale
 
 
-def export_hf(policy: Any, out: Path) -> None:
-    """The policy in Hugging Face format: ``adapter/`` (PEFT) or ``model/`` (full weights + processor)."""
+def export_hf(policy: Any, out: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """The policy in Hugging Face format: ``adapter/`` (PEFT) or ``model/`` (full weights + processor).
+
+    ``weights`` (full parameters by name, from a sharded policy) replace what the modules hold.
+    """
     model = policy.model
+    given: dict[str, Any] = {}
+    head = policy.value_head.state_dict()
+    if weights is not None:
+        given = {"state_dict": {n.removeprefix("model."): t for n, t in weights.items() if n.startswith("model.")}}
+        head = {n.removeprefix("value_head."): t for n, t in weights.items() if n.startswith("value_head.")}
     if hasattr(model, "peft_config"):
-        model.save_pretrained(out / "adapter")
+        model.save_pretrained(out / "adapter", **given)
     else:
-        model.save_pretrained(out / "model")
+        model.save_pretrained(out / "model", **given)
         policy.processor.save_pretrained(out / "model")
-    torch.save(policy.value_head.state_dict(), out / "value_head.pt")
+    torch.save(head, out / "value_head.pt")
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -224,11 +237,17 @@ def load_trainable(policy: torch.nn.Module, ckpt: Path, value_head: bool = True,
             f"{len(unexpected)} unknown; e.g. {sorted(missing | unexpected)[:2]}): it was made with a different "
             f"model.path, model.finetune, LoRA or value-head setting; use that checkpoint's config.yaml"
         )
+    for name, tensor in state.items():
+        if params[name].shape != tensor.shape:
+            raise ConfigError(f"checkpoint {ckpt}: {name} has shape {tuple(tensor.shape)}, "
+                              f"this config builds {tuple(params[name].shape)}")
+    if any(hasattr(p, "full_tensor") for p in params.values()):  # sharded (FSDP2): each rank cuts its shard
+        from agentrl.sharding import load_full_weights
+
+        load_full_weights(policy, state)
+        return
     with torch.no_grad():
         for name, tensor in state.items():
-            if params[name].shape != tensor.shape:
-                raise ConfigError(f"checkpoint {ckpt}: {name} has shape {tuple(tensor.shape)}, "
-                                  f"this config builds {tuple(params[name].shape)}")
             params[name].copy_(tensor)
 
 

@@ -37,12 +37,15 @@ def make_strategy(t: TrainerConfig) -> Any:
         from lightning.fabric.strategies import DDPStrategy
 
         return DDPStrategy(timeout=timeout, start_method="spawn" if t.strategy == "ddp_spawn" else "popen")
-    if t.strategy == "fsdp":
-        from lightning.fabric.strategies import FSDPStrategy
+    if t.strategy == "fsdp":  # FSDP2 on CPU (gloo) and CUDA (NCCL) alike; Fabric's FSDPStrategy refuses the CPU
+        from lightning.fabric.strategies import ModelParallelStrategy
 
-        # use_orig_params: frozen base weights and trainable adapters may share a flat parameter
-        return FSDPStrategy(timeout=timeout, use_orig_params=True)
-    return t.strategy  # "auto", "deepspeed", ... as Fabric understands them
+        from agentrl.sharding import fsdp_parallelize
+
+        return ModelParallelStrategy(parallelize_fn=fsdp_parallelize(),
+                                     data_parallel_size=t.devices * t.num_nodes, tensor_parallel_size=1,
+                                     save_distributed_checkpoint=False, timeout=timeout)
+    return t.strategy  # "auto" as Fabric understands it
 
 
 def make_fabric(t: TrainerConfig, loggers: Any = None, devices: int | None = None) -> Any:

@@ -35,6 +35,7 @@ from agentrl.registry import Components
 from agentrl.report import Reporter, update_metrics
 from agentrl.resume import RunState, resume, resume_changes, resume_target, save_update
 from agentrl.rollout import RolloutDataModule
+from agentrl.sharding import gathered
 from agentrl.signals import CollectAbandoned, Preempted, StopSignals
 
 
@@ -86,12 +87,6 @@ def fit(cfg: Config, argv: list[str] | None = None) -> FitResult:
 
     hf_logging.disable_progress_bar()  # our own progress bar is the one to watch
     t = cfg.trainer
-    if t.strategy == "fsdp" or t.strategy.startswith("deepspeed"):
-        raise ConfigError(
-            f"trainer.strategy={t.strategy}: agentrl fit cannot shard yet. Each rank's rollouts generate a "
-            f"different number of tokens, and a sharded model's every forward is a collective the ranks must "
-            f"all make, so the run would hang in the first rollout (issue 15). Use trainer.strategy=ddp "
-            f"(LoRA, bf16-mixed and model.gradient_checkpointing=true keep a 7B model on one 80 GB GPU)")
     out_dir = Path(t.out_dir)
     logger = TensorBoardLogger(root_dir=str(out_dir), name="tensorboard", version="")
     fabric = make_fabric(t, loggers=logger)
@@ -143,8 +138,13 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
     metrics: dict[str, float] = {}
     saved_at = run.update
     heldout = HeldOut(cfg, parts, fabric, data.template, data.parser) if t.eval_every else None
+
+    def evaluate_held_out() -> dict[str, float]:
+        with gathered(policy):
+            return heldout(policy)
+
     if heldout is not None and run.update == 0:  # the start, to compare the first evaluation with
-        reporter.held_out(0, heldout(policy), run.counters)
+        reporter.held_out(0, evaluate_held_out(), run.counters)
 
     def checkpoint() -> Path | None:
         return save_update(fabric, out_dir / "checkpoints" / f"update_{run.update:06d}", policy=policy,
@@ -157,7 +157,7 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
         before = (data.state_dict(), torch.get_rng_state()) if world == 1 else None  # to abandon it on a signal
         policy.eval()
         try:
-            with fabric.autocast():
+            with gathered(policy), fabric.autocast():  # FSDP: weights gathered once, the forwards are local
                 rollout = data.collect(should_stop=stop.local if world == 1 else None)
         except CollectAbandoned:
             data.load_state_dict(before[0], update=run.update)
@@ -187,7 +187,7 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
         metrics["lr"] = learner.lr
         best = False
         if heldout is not None and run.update % t.eval_every == 0:
-            held = heldout(policy)
+            held = evaluate_held_out()
             metrics.update(held)
             best = held["eval/success_rate"] > run.best_eval  # the same on every rank (gathered records)
             if best:  # in the checkpoint's state, so a kill before mark_best is repaired on resume

@@ -35,6 +35,10 @@ class Learner:
     def __init__(self, fabric: Fabric, policy: PolicyModule, cfg: Config) -> None:
         p, world = cfg.ppo, fabric.world_size
         self.fabric, self.policy, self.cfg = fabric, policy, cfg
+        self.sharded = cfg.trainer.strategy == "fsdp"
+        """FSDP2 (:mod:`agentrl.sharding`): the optimizer is made over the shards, after the model is set up."""
+        if self.sharded:
+            self.policy_f = fabric.setup_module(policy)
         groups = [{"params": [q for q in policy.model.parameters() if q.requires_grad], "lr": p.lr}]
         if policy.has_critic:  # a critic-free estimator's policy has no value head to train
             groups.append({"params": list(policy.value_head.parameters()), "lr": p.value_lr or p.lr})
@@ -42,7 +46,10 @@ class Learner:
         opt_steps = p.epochs * math.ceil(cfg.rollout.steps_per_update / p.minibatch_size)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, cfg.trainer.max_updates * opt_steps), eta_min=p.min_lr)
-        self.policy_f, self.optimizer = fabric.setup(policy, optimizer)  # every trainable weight is float32 already
+        if self.sharded:
+            self.optimizer = fabric.setup_optimizers(optimizer)
+        else:  # every trainable weight is float32 already
+            self.policy_f, self.optimizer = fabric.setup(policy, optimizer)
         self.minibatch_size = p.minibatch_size // world  # this rank's share of each minibatch
         self.minibatches = math.ceil(cfg.steps_per_env(world) * cfg.env.num_envs / self.minibatch_size)
         """Optimizer steps per epoch, as planned (a grouped rollout, larger than planned, keeps the count)."""
@@ -89,6 +96,8 @@ class Learner:
                     start_ratio_error = first_micro
                 grad_norm = self.fabric.clip_gradients(self.policy_f, self.optimizer, max_norm=p.max_grad_norm,
                                                        error_if_nonfinite=False)
+                if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm over every shard, replicated
+                    grad_norm = grad_norm.full_tensor()
                 if torch.isfinite(grad_norm):  # device sync, once per optimizer step
                     self.optimizer.step()
                     self.bad_in_a_row = 0
@@ -163,10 +172,17 @@ def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, ro
     sample_scale = world / float(counts[0]) if world > 1 else 1.0 / len(mb)
     token_scale = world / max(float(counts[1]), 1e-8)  # the policy term of loss_type=token: per weighted token
     vf_coef = p.vf_coef if policy.has_critic else 0.0
+    sharded = cfg.trainer.strategy == "fsdp"
+    real = len(micro)
+    if sharded and world > 1:  # every forward/backward is a collective: each rank runs the most micro-batches any
+        most = int(fabric.all_reduce(torch.tensor(float(real)), reduce_op="max"))  # rank has; extra ones weigh 0
+        micro = list(micro) + [micro[0][:1]] * (most - real)
     for j, idx in enumerate(micro):
         ix = idx.tolist()
         inputs = policy.collate_train([rollout.prompts[i] for i in ix], [rollout.gen_ids[i] for i in ix],
-                                      [rollout.weights[i] for i in ix])
+                                      [rollout.weights[i] for i in ix],
+                                      share=False if sharded else None)  # one forward per micro-batch, as on every rank
+        weight = 1.0 if j < real else 0.0
         with fabric.no_backward_sync(policy_f, enabled=j < len(micro) - 1):
             token_logp, values, entropy = policy_f(inputs, with_entropy=cfg.policy.entropy_coef > 0)
             dev = values.device
@@ -184,7 +200,9 @@ def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, ro
                 clip=p.clip, value_clip=p.value_clip, vf_coef=vf_coef,
                 entropy_coef=cfg.policy.entropy_coef, scale=sample_scale, tokens=tokens,
             )
-            fabric.backward(terms.total)
+            fabric.backward(terms.total * weight)
+        if j >= real:  # a stand-in that keeps this rank's collectives in step with the others'
+            continue
         sums += torch.stack([getattr(terms, n).detach().float().cpu() for n in names]) / sample_scale
         if j == 0:
             ratio = torch.exp(logp.detach() - rollout.logp[idx].to(dev))

@@ -41,7 +41,8 @@ class ValueHead(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         with torch.autocast(h.device.type, enabled=False):  # float32 under bf16 autocast too
-            return self.net(h.float()).squeeze(-1)
+            # a new tensor, not a view: FSDP2 hooks the sharded policy's backward on its outputs
+            return self.net(h.float()).squeeze(-1).clone()
 
 
 class NoValueHead(nn.Module):

@@ -25,6 +25,7 @@ from agentrl.checkpoint import (
 )
 from agentrl.config import ConfigError
 from agentrl.distributed import gather_objects
+from agentrl.sharding import full_optimizer_state, full_weights, load_full_optimizer_state
 
 
 @dataclass
@@ -54,12 +55,18 @@ def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data:
             "data": data.state_dict(), "window": list(run.window),
             "estimator": estimator.state_dict() if hasattr(estimator, "state_dict") else {}}
     ranks = gather_objects(mine, fabric.world_size)  # env and sampling state of every rank
+    weights, optimizer = None, None
+    if getattr(learner, "sharded", False):  # FSDP2: every rank takes part in gathering the full state
+        weights = full_weights(policy, trainable_only=hasattr(policy.model, "peft_config"))
+        optimizer = full_optimizer_state(policy, learner.optimizer.optimizer)
     written = None
     if fabric.is_global_zero:
-        state = {"format_version": FORMAT_VERSION, "update": run.update, "optimizer": learner.optimizer.state_dict(),
+        optimizer = learner.optimizer.state_dict() if optimizer is None else optimizer
+        state = {"format_version": FORMAT_VERSION, "update": run.update, "optimizer": optimizer,
                  "scheduler": learner.scheduler.state_dict(), "counters": dict(run.counters), "ranks": ranks,
                  "best_eval": run.best_eval, "best_name": run.best_name}
-        written = save_checkpoint(ckpt_dir, policy=policy, trainer_state=state, config_yaml=config_yaml, meta=meta)
+        written = save_checkpoint(ckpt_dir, policy=policy, trainer_state=state, config_yaml=config_yaml, meta=meta,
+                                  weights=weights)
         prune(ckpt_dir.parent, keep)  # trainer.keep_checkpoints
     fabric.barrier()
     return written
@@ -105,7 +112,10 @@ def _apply(fabric: Any, ckpt: Path, trainable: dict[str, Any], state: dict[str, 
         raise ConfigError(f"checkpoint {ckpt} was written by {len(state['ranks'])} processes; resume it with "
                           f"trainer.devices={len(state['ranks'])}")
     mine = state["ranks"][fabric.global_rank]
-    learner.optimizer.load_state_dict(state["optimizer"])
+    if getattr(learner, "sharded", False):  # a full state keyed by name: each rank takes its shard
+        load_full_optimizer_state(policy, learner.optimizer.optimizer, state["optimizer"])
+    else:
+        learner.optimizer.load_state_dict(state["optimizer"])
     learner.scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(mine["torch_rng"])
     learner.shuffle.set_state(mine["shuffle_rng"])

@@ -37,6 +37,7 @@ from agentrl.sft_data import Example, load_examples, perception
 from agentrl.sft_data import expert_examples as expert_examples
 from agentrl.sft_data import jsonl_examples as jsonl_examples
 from agentrl.sft_data import make_template as make_template
+from agentrl.sharding import full_weights, is_sharded
 
 IGNORE = -100
 """Label of a token the loss skips (prompt and padding)."""
@@ -146,7 +147,11 @@ def train(policy: PolicyModule, data: list[Encoded], cfg: Config, console: Conso
     policy.to(fabric.device)
     model = policy.model
     model.train()
-    model_f, optimizer = fabric.setup(model, torch.optim.Adam(param_groups(model, s.lr, s.vision_lr)))
+    if fabric.world_size > 1 and cfg.trainer.strategy == "fsdp":  # FSDP2: the optimizer is made over the shards
+        model_f = fabric.setup_module(model)
+        optimizer = fabric.setup_optimizers(torch.optim.Adam(param_groups(model, s.lr, s.vision_lr)))
+    else:
+        model_f, optimizer = fabric.setup(model, torch.optim.Adam(param_groups(model, s.lr, s.vision_lr)))
     stages = [("perception", warmup or [])] * s.perception_epochs + [("", data)] * s.epochs
     stages = [(name, d) for name, d in stages if d]
     total = sum(math.ceil(len(d) / s.batch_size) for _, d in stages)
@@ -219,8 +224,12 @@ def sft(cfg: Config, argv: list[str] | None = None) -> Path:
     meta = run_meta(list(argv or sys.argv))
     state = {"format_version": 1, "kind": "sft", "update": 0, "metrics": metrics}
     ckpt = out_dir / "checkpoints" / "sft"
+    weights = None
+    if is_sharded(policy):  # every rank takes part in gathering the full weights
+        weights = full_weights(policy, trainable_only=hasattr(policy.model, "peft_config"))
     if fabric.is_global_zero:
-        save_checkpoint(ckpt, policy=policy, trainer_state=state, config_yaml=to_yaml(cfg), meta=meta)
+        save_checkpoint(ckpt, policy=policy, trainer_state=state, config_yaml=to_yaml(cfg), meta=meta,
+                        weights=weights)
         (ckpt / "sft_metrics.json").write_text(json.dumps(metrics, indent=2))
     fabric.barrier()
     console.log(f"sft: loss {metrics['loss']:.4f}, token accuracy {metrics['token_accuracy']:.1%} in "

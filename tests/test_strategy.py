@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrl.config import load_config
+from agentrl.config import ConfigError, load_config
 from agentrl.distributed import make_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,14 +25,32 @@ def test_process_group_timeout_never_undercuts_the_meeting():
     assert make_strategy(cfg.trainer)._timeout == timedelta(seconds=3000)
 
 
-@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed", "deepspeed_stage_3"])
-def test_fit_refuses_sharded_strategies_before_writing_anything(tmp_path, strategy):
-    """Ranks' rollouts generate different token counts; a sharded forward is a collective: it would hang."""
-    from agentrl.config import ConfigError
-    from agentrl.fit import fit
+@pytest.mark.parametrize("strategy", ["deepspeed", "deepspeed_stage_3"])
+def test_deepspeed_is_refused_when_the_config_loads_with_what_to_use(strategy):
+    """Its engine owns clipping, accumulation and checkpoints: refused before anything starts, not half-working."""
+    with pytest.raises(ConfigError, match=rf"trainer.strategy={strategy}: DeepSpeed is not supported.*"
+                                          r"trainer.strategy=fsdp"):
+        load_config(ROOT / "conf/numberline.yaml", [f"trainer.strategy={strategy}", "trainer.devices=2"])
 
-    out = tmp_path / "run"
-    cfg = load_config(ROOT / "conf/numberline.yaml", [f"trainer.strategy={strategy}", f"trainer.out_dir={out}"])
-    with pytest.raises(ConfigError, match=rf"trainer.strategy={strategy}: .*would hang.*trainer.strategy=ddp"):
-        fit(cfg, argv=["test"])
-    assert not out.exists()
+
+def test_fsdp_on_one_process_is_refused_with_what_to_set():
+    with pytest.raises(ConfigError, match=r"trainer.strategy=fsdp shards over processes.* is 1: set trainer.devices=2"):
+        load_config(ROOT / "conf/numberline.yaml", ["trainer.strategy=fsdp"])
+
+
+def test_an_unknown_strategy_names_the_choices():
+    with pytest.raises(ConfigError, match=r"trainer.strategy must be one of .*fsdp; got 'fdsp'"):
+        load_config(ROOT / "conf/numberline.yaml", ["trainer.strategy=fdsp", "trainer.devices=2"])
+
+
+def test_fsdp_builds_fsdp2_data_parallel_over_every_process_with_the_start_up_timeout():
+    from lightning.fabric.strategies import ModelParallelStrategy
+
+    cfg = load_config(ROOT / "conf/numberline.yaml", ["trainer.strategy=fsdp", "trainer.devices=2",
+                                                      "trainer.num_nodes=2", "trainer.startup_timeout_s=900",
+                                                      "trainer.collective_timeout_s=60"])
+    strategy = make_strategy(cfg.trainer)
+    assert isinstance(strategy, ModelParallelStrategy)
+    assert strategy._data_parallel_size == 4 and strategy._tensor_parallel_size == 1
+    assert strategy._timeout == timedelta(seconds=900)
+    assert not strategy._save_distributed_checkpoint  # agentrl writes full state from rank 0 (atomic, exact resume)

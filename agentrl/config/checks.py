@@ -55,3 +55,17 @@ def check_groups(estimator: str, group_size: int, num_envs: int) -> None:
     if estimator == "gae" and group_size > 1:
         raise ConfigError(f"rollout.group_size={group_size} only serves the group estimators "
                           f"({', '.join(GROUP_ESTIMATORS)}); with advantage.estimator=gae leave it at 1")
+
+
+def check_strategy(strategy: str, processes: int) -> None:
+    """``trainer.strategy``: what agentrl runs and tests; DeepSpeed is refused with the reason."""
+    if strategy.startswith("deepspeed"):
+        raise ConfigError(
+            f"trainer.strategy={strategy}: DeepSpeed is not supported (its engine owns gradient clipping, "
+            f"accumulation and checkpoints, which agentrl's PPO update and exact resume do themselves); use "
+            f"trainer.strategy=fsdp to shard weights, gradients and optimizer state (FSDP2, ZeRO-3's equivalent), "
+            f"or ddp")
+    check_choice("trainer.strategy", strategy, ("auto", "ddp", "ddp_spawn", "fsdp"))
+    if strategy == "fsdp" and processes < 2:
+        raise ConfigError(f"trainer.strategy=fsdp shards over processes, and trainer.devices x trainer.num_nodes is "
+                          f"{processes}: set trainer.devices=2 or more, or use trainer.strategy=auto for one")

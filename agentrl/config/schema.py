@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrl.config.checks import ConfigError, check_choice, check_groups, check_ranges
+from agentrl.config.checks import ConfigError, check_choice, check_groups, check_ranges, check_strategy
 
 
 @dataclass
@@ -246,7 +246,7 @@ class TrainerConfig:
     num_nodes: int = 1
     """Machines; launch with torchrun or SLURM (Fabric reads their environment)."""
     strategy: str = "auto"
-    """Fabric strategy: auto, ddp, fsdp, deepspeed."""
+    """Fabric strategy: auto, ddp, ddp_spawn or fsdp (FSDP2: weights, gradients and optimizer state sharded)."""
     precision: str = "32-true"
     """Fabric precision: 32-true, bf16-mixed or 16-mixed (autocast; what trains stays float32, the frozen base in model.dtype)."""
     out_dir: str = "runs/${env.name}"
@@ -290,6 +290,7 @@ class TrainerConfig:
                       collective_timeout_s="> 0 seconds", startup_timeout_s="> 0 seconds",
                       checkpoint_every=">= 0", num_threads="None or >= 1", success_window=">= 1",
                       keep_checkpoints="None or >= 1", eval_every=">= 0", eval_episodes=">= 1")
+        check_strategy(self.strategy, self.devices * self.num_nodes)
         size = max((len(part.encode("utf-8", "surrogatepass")) for part in Path(self.out_dir).parts), default=0)
         if "${" not in self.out_dir and (size > 255 or "\0" in self.out_dir):  # left alone while ${...} remains
             raise ConfigError(f"trainer.out_dir must have no NUL and path components of at most 255 bytes (the "

@@ -1,0 +1,159 @@
+"""``trainer.strategy=fsdp``: FSDP2 (torch's ``fully_shard``) through Fabric's ``ModelParallelStrategy``.
+
+What is sharded: every transformer block the model names as unsplittable
+(``_no_split_modules``: decoder layers, vision blocks, embeddings) is its own
+FSDP unit, LoRA adapters sharded with their layer; the rest (embedding
+table, LM head, final norm, value head) forms the root unit. Gradients,
+Adam's moments and the float32 trainable weights stay sharded: 1/N of them
+per rank. Weights are gathered in the dtype they are stored in (the frozen
+base in ``model.dtype``, what trains in float32) and gradients reduced in
+float32; ``trainer.precision=bf16-mixed`` computes in bfloat16 by autocast,
+as under DDP, so both strategies compute the same numbers.
+
+Rollouts: each rank's episodes make a different number of forwards (answers
+of different lengths, episodes ending at different steps), but every forward
+of a sharded unit is a collective all ranks must make. So a rollout (and a
+held-out evaluation) runs inside :func:`gathered`: each unit is all-gathered
+ONCE, in the same order on every rank, the forwards that follow are local,
+and the units are resharded before the PPO update. The cost: during a
+rollout a rank holds the full weights (in their stored dtype: 2 bytes per
+frozen parameter at model.dtype=bfloat16) on top of its shard, what DDP
+holds all the time; the update, where gradients, optimizer state and
+activations peak, runs sharded. The update makes the same collectives on
+every rank: the planned number of minibatches, each rank running as many
+micro-batches as the rank with the most (stand-ins weigh 0), each one
+forward without a shared prompt prefix (whether a batch has one depends
+on its prompts).
+
+Checkpoints keep the layout of :mod:`agentrl.checkpoint`: every rank takes
+part in gathering the full trainable weights (one all-gather per parameter)
+and a full optimizer state keyed by parameter name (torch.distributed.
+checkpoint's state-dict API); rank 0 writes them, so an FSDP checkpoint is
+the same weight files as a DDP one (``agentrl eval``, ``policy.init_from`` and the
+Hugging Face export read it unchanged). A resume hands every rank the full
+state to cut its shard from. The full state passes through rank 0's CPU
+memory: for the trainable weights of a LoRA run that is small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def block_classes(module: nn.Module) -> set[str]:
+    """Class names of the transformer blocks every Hugging Face model inside ``module`` declares unsplittable."""
+    names: set[str] = set()
+    for m in module.modules():
+        declared = getattr(m, "_no_split_modules", None)
+        if declared and hasattr(m, "config"):  # a PreTrainedModel (PEFT wrappers carry no list of their own)
+            names.update(declared)
+    return names
+
+
+def fsdp_parallelize():
+    """The ``parallelize_fn`` of Fabric's ``ModelParallelStrategy``: FSDP2 per block, then the root."""
+
+    def parallelize(module: nn.Module, device_mesh: Any) -> nn.Module:
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = device_mesh["data_parallel"] if "data_parallel" in (device_mesh.mesh_dim_names or ()) else device_mesh
+        # weights gathered as stored (the frozen base in model.dtype, what trains in float32) and 16-bit
+        # compute left to autocast, as under DDP: the same numbers, sampling = scoring included
+        mp = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
+        blocks = block_classes(module)
+        units = [m for m in module.modules() if type(m).__name__ in blocks]
+        if not units:
+            raise ValueError(f"trainer.strategy=fsdp: {type(module).__name__} names no transformer blocks "
+                             f"(_no_split_modules) to shard; use trainer.strategy=ddp for this model")
+        for m in units:
+            fully_shard(m, mesh=mesh, mp_policy=mp, reshard_after_forward=True)
+        fully_shard(module, mesh=mesh, mp_policy=mp, reshard_after_forward=False)
+        return module
+
+    return parallelize
+
+
+def fsdp_units(module: nn.Module) -> list[nn.Module]:
+    """The FSDP2 units inside ``module`` (none when it is not sharded)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover (torch without distributed)
+        return []
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+def is_sharded(module: nn.Module) -> bool:
+    return bool(fsdp_units(module))
+
+
+@contextmanager
+def gathered(module: nn.Module) -> Iterator[None]:
+    """Hold ``module``'s full weights on every rank for the block: forwards inside are collective-free.
+
+    Every rank must enter it together (the gathers are collectives, one per unit, in
+    module order). A no-op for a module that is not sharded.
+    """
+    units = fsdp_units(module)
+    if not units:
+        yield
+        return
+    root = units[0]
+    # FSDP2 takes the first unit to run forward for the root; rollouts call the VLM inside it, so
+    # initialise the policy as the root first (torch has no public call for it; idempotent)
+    root._get_fsdp_state()._lazy_init()
+    for m in units:
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(m is not root, recurse=False)
+
+
+def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state unsharded and keyed by parameter name (complete on rank 0; every rank calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(module, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Give every rank its shard of a :func:`full_optimizer_state` (every rank calls it with the full state)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(module, optimizer, optim_state_dict=state,
+                             options=StateDictOptions(full_state_dict=True))
+
+
+def load_full_weights(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy full tensors (trainable.pt's) into the shards they cut into, on every rank."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    result = set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True, strict=False))
+    unknown = list(result.unexpected_keys)
+    if unknown:
+        raise KeyError(f"checkpoint weights not in the sharded model: {unknown[:3]}")
+
+
+def full_weights(module: nn.Module, trainable_only: bool = True) -> dict[str, torch.Tensor]:
+    """``module``'s parameters (trainable ones, or all) as full float tensors on the CPU, in stored dtype.
+
+    Every rank calls it (each sharded parameter is one all-gather, in the same order everywhere);
+    every rank gets the full tensors. Gathered from the shards, not from a :func:`gathered`
+    copy, which under bf16-mixed holds 16-bit casts of the float32 weights.
+    """
+    out = {}
+    for name, p in module.named_parameters():
+        if trainable_only and not p.requires_grad:
+            continue
+        full = p.full_tensor() if hasattr(p, "full_tensor") else p
+        out[name] = full.detach().cpu().clone()
+    return out

@@ -1,0 +1,104 @@
+"""trainer.strategy=fsdp (FSDP2 over gloo): gradients, collectives in step, checkpoints and exact resume, sft."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_distributed import HERE, ROOT, SMALL, env
+
+from agentrl.sharding import block_classes
+
+pytestmark = pytest.mark.integration
+FSDP = [*[a for a in SMALL if not a.startswith("trainer.strategy")], "trainer.strategy=fsdp", "model.finetune=lora"]
+
+
+def run_harness(out, mode, precision="32-true"):
+    proc = subprocess.run([sys.executable, str(HERE / "fsdp_harness.py"), str(out), mode, precision],
+                          capture_output=True, text=True, timeout=600, env=env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    missing = [r for r in (0, 1) if not (out / f"rank{r}.json").exists()]
+    assert not missing, f"rank(s) {missing} never finished (rank 0 exited without them):\n{proc.stderr[-3000:]}"
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def fit(out, *extra, timeout=600):
+    cmd = [sys.executable, "-m", "agentrl.cli", "fit", "-c", str(ROOT / "conf/numberline.yaml"), *FSDP, *extra,
+           f"trainer.out_dir={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_blocks_to_shard_are_the_models_own_unsplittable_layers(tiny_path):
+    from agentrl.config import load_config
+    from agentrl.fit import build
+
+    policy, data = build(load_config(ROOT / "conf/numberline.yaml", ["model.finetune=lora", "env.num_envs=1"]))
+    assert {"LlamaDecoderLayer", "CLIPEncoderLayer"} <= block_classes(policy)
+    data.envs.close()
+
+
+@pytest.mark.parametrize("mode,precision", [("even", "32-true"), ("uneven", "32-true"), ("even", "bf16-mixed")],
+                         ids=["even", "uneven-micro-batches", "bf16-mixed"])
+def test_fsdp_gradients_equal_one_process_with_half_the_weights_per_rank(tmp_path, tiny_path, mode, precision):
+    """Each rank's share of 8 samples, FSDP2-sharded LoRA policy: the reduced gradient is one pass over all 8.
+
+    DDP is checked against the same single-process pass (test_distributed.py), so FSDP equals DDP. Uneven: 3 and 5
+    samples in micro-batches of 2, so one rank runs a micro-batch more; without stand-ins it would hang.
+    """
+    for r in run_harness(tmp_path, mode, precision):
+        assert r["units"] >= 7  # 4 decoder layers, 2 vision layers, the vision embeddings, the root
+        assert abs(r["local_fraction"] - 0.5) < 0.01  # each rank stores half of every weight
+        assert r["trainable_dtypes"] == ["torch.float32"]
+        assert r["grad_norm"] > 1.0
+        assert r["grad_rel_error"] < 1e-5, r["grad_rel_error"]
+
+
+def test_target_kl_crossed_on_one_rank_stops_both_after_the_same_epoch(tmp_path, tiny_path):
+    """Rank 0's local KL is 4 per sample, rank 1's 0: the mean (2) is above target_kl=1, so both stop after epoch
+    1 of 3. Deciding on the local KL (seen, all-reduce disabled), rank 0 stops alone and rank 1 never finishes
+    its next sharded forward."""
+    for r in run_harness(tmp_path, "kl"):
+        assert r["optimizer_steps"] == r["planned_per_epoch"]
+
+
+def test_fsdp_lora_fit_checkpoints_and_resumes_exactly(tmp_path, tiny_path):
+    common = ["trainer.max_updates=2", "trainer.checkpoint_every=1", "trainer.image_log_every=0"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    fit(straight, *common)
+    fit(resumed, *common, f"trainer.resume={straight}/checkpoints/update_000001")
+    a = torch.load(straight / "checkpoints/update_000002/trainable.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoints/update_000002/trainable.pt", weights_only=True)
+    first = torch.load(straight / "checkpoints/update_000001/trainable.pt", weights_only=True)
+    assert a.keys() == b.keys() and any("lora_A" in n for n in a)
+    for name in a:  # full tensors (not a rank's shard), bit-identical after the resume
+        assert torch.equal(a[name], b[name]), name
+    assert any(not torch.equal(first[n], a[n]) for n in a)  # update 2 moved the weights: the check is not vacuous
+    sa = torch.load(straight / "checkpoints/update_000002/trainer_state.pt", weights_only=False)
+    sb = torch.load(resumed / "checkpoints/update_000002/trainer_state.pt", weights_only=False)
+    for name, moments in sa["optimizer"]["state"].items():  # the full optimizer state, by parameter name
+        assert torch.equal(moments["exp_avg_sq"], sb["optimizer"]["state"][name]["exp_avg_sq"]), name
+    # the Hugging Face export holds the full adapter too
+    adapter = load_file(straight / "checkpoints/update_000002/adapter/adapter_model.safetensors")
+    name = next(n for n in a if "lora_A" in n and "language_model" in n)
+    exported = next(t for k, t in adapter.items() if name.split("model.base_model.model.")[1].replace(".default", "")
+                    == k.split("base_model.model.")[1])
+    assert torch.equal(exported, a[name])
+    events = EventAccumulator(str(straight / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("charts/env_steps")] == [16, 32]
+
+
+def test_sft_under_fsdp_writes_full_weights_that_fit_loads(tmp_path, tiny_path):
+    out = tmp_path / "sft"
+    cmd = [sys.executable, "-m", "agentrl.cli", "sft", "-c", str(ROOT / "conf/sft/numberline.yaml"),
+           "sft.examples=16", "sft.epochs=1", "sft.batch_size=8", "trainer.devices=2", "trainer.strategy=fsdp",
+           "trainer.accelerator=cpu", "model.finetune=lora", f"trainer.out_dir={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "checkpoints/sft/sft_metrics.json").read_text())["steps"] == 2
+    fit(tmp_path / "ppo", "trainer.max_updates=1", f"policy.init_from={out}/checkpoints/sft")

@@ -99,8 +99,9 @@ def _parsers(cfg: Any = None, source: str = "") -> tuple[argparse.ArgumentParser
 
     p = sub.add_parser("make-tiny-model", help="build the tiny offline VLM into a directory")
     p.add_argument("out", help="directory to write (a Hugging Face checkpoint)")
-    p.add_argument("--size", choices=("tiny", "2b"), default="tiny",
-                   help="tiny: the CPU model; 2b: a ~1.6B random-weight LLaVA (bf16) for GPU benchmarks")
+    p.add_argument("--size", choices=("tiny", "0.5b", "2b"), default="tiny",
+                   help="tiny: the CPU model; 0.5b: a ~0.45B random-weight LLaVA (float32) for CPU memory checks; "
+                        "2b: a ~1.6B one (bf16) for GPU benchmarks")
     p.add_argument("--family", choices=FAMILIES, default="llava",
                    help="model family: its stock model and processor classes at the same tiny widths")
 

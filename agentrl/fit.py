@@ -30,6 +30,7 @@ from agentrl.config import Config, ConfigError, to_yaml
 from agentrl.distributed import Meeting, make_fabric
 from agentrl.heldout import HeldOut
 from agentrl.learner import Learner, whiten_global
+from agentrl.peakmem import PeakMemory
 from agentrl.policy import PolicyModule
 from agentrl.registry import Components
 from agentrl.report import Reporter, update_metrics
@@ -151,11 +152,13 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
                            learner=learner, data=data, run=run, config_yaml=config_yaml, meta=meta,
                            keep=t.keep_checkpoints, estimator=estimator)
 
+    peak = PeakMemory(fabric.device)
     while run.update < t.max_updates:
         t0 = time.perf_counter()
         # 1-2. collect a fixed number of env steps per rank and score them (old log-probs and values)
         before = (data.state_dict(), torch.get_rng_state()) if world == 1 else None  # to abandon it on a signal
         policy.eval()
+        peak.reset()
         try:
             with gathered(policy), fabric.autocast():  # FSDP: weights gathered once, the forwards are local
                 rollout = data.collect(should_stop=stop.local if world == 1 else None)
@@ -164,6 +167,7 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
             torch.set_rng_state(before[1])
             break
         t_collect = time.perf_counter() - t0
+        mem_rollout = peak.gb()
         meeting.wait("collecting rollouts")  # every rank meets here, or the slow one is named
 
         # 3. advantages, whitened with statistics over every rank
@@ -175,8 +179,10 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
         # 4. PPO epochs over shuffled minibatches, gradients accumulated over micro-batches
         t1 = time.perf_counter()
         policy.train()  # activation checkpointing runs in train mode; dropout stays off (PolicyModule.train)
+        peak.reset()
         losses = learner.update(rollout, data)
         t_update = time.perf_counter() - t1
+        mem = torch.tensor([mem_rollout, peak.gb()], dtype=torch.float64)
 
         # 5. log and checkpoint
         run.update += 1
@@ -185,6 +191,9 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
         run.counters["env_steps"] += int(metrics.pop("_samples"))
         run.counters["episodes"] += int(metrics["charts/episodes"])
         metrics["lr"] = learner.lr
+        if world > 1:  # the rank that held the most
+            mem = fabric.all_reduce(mem, reduce_op="max").cpu()
+        metrics["perf/peak_mem_rollout_gb"], metrics["perf/peak_mem_update_gb"] = mem.tolist()
         best = False
         if heldout is not None and run.update % t.eval_every == 0:
             held = evaluate_held_out()

@@ -8,6 +8,8 @@ TensorBoard tags (also in the README's metrics table), logged against env steps 
                         explained_variance, grad_norm)
   parse/failure_rate    share of answers that named no legal action
   perf/*                env_steps_per_s, tokens_per_s (generation), seconds per phase
+  perf/peak_mem_*_gb    peak memory of the rollout and of the update (the rank that held the most; GPU:
+                        allocated, CPU: resident set, see agentrl.peakmem)
 """
 
 from __future__ import annotations

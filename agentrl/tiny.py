@@ -97,6 +97,11 @@ SIZES = {
     "2b": TinySpec(image_size=336, patch_size=14, vision_hidden=1024, vision_layers=24, vision_heads=16,
                    vision_intermediate=4096, text_hidden=1536, text_layers=28, text_heads=12, text_kv_heads=2,
                    text_intermediate=8960),
+    # A ~0.45B one, small enough that full fine-tuning (float32 weights, gradients and Adam state, ~7 GB a
+    # process) fits two processes on a 24 GB CPU machine: ViT-B/16 at 224 px (196 image tokens) and
+    # Qwen2-0.5B's language-model shapes (hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864).
+    "0.5b": TinySpec(image_size=224, patch_size=16, vision_hidden=768, vision_layers=12, vision_heads=12,
+                     text_hidden=896, text_layers=24, text_heads=14, text_kv_heads=2, text_intermediate=4864),
 }
 """Named specs for ``agentrl make-tiny-model --size``."""
 
@@ -291,11 +296,13 @@ def tiny_model_path(corpus_fn: Callable[[], Iterable[str]] | None = None, family
 
 
 def make_tiny_model(out: str, size: str = "tiny", family: str = "llava") -> int:
-    """CLI ``agentrl make-tiny-model OUT [--size tiny|2b] [--family F]``: build a random-weight VLM into OUT.
+    """CLI ``agentrl make-tiny-model OUT [--size tiny|0.5b|2b] [--family F]``: build a random-weight VLM into OUT.
 
     "tiny" is the model tests and the CPU configs use; "2b" (bfloat16 weights, ~3 GB) is
     for GPU throughput and memory checks, e.g.
-    ``python tools/bench_rollout.py --model-path OUT --device cuda --dtype bfloat16``.
+    ``python tools/bench_rollout.py --model-path OUT --device cuda --dtype bfloat16``;
+    "0.5b" (float32, ~1.8 GB) for full fine-tuning memory checks on a CPU
+    (``tools/bench_memory.py --finetune full``).
     ``family`` (:data:`agentrl.families.FAMILIES`): LLaVA, or the same widths as LLaVA-NeXT,
     Qwen2-VL, Qwen2.5-VL or Idefics3, each loading through its own stock classes.
     """
@@ -306,7 +313,7 @@ def make_tiny_model(out: str, size: str = "tiny", family: str = "llava") -> int:
 
     spec = SIZES[size]
     start = time.perf_counter()
-    path = build_tiny_vlm(out, default_corpus(), spec=spec, dtype=None if size == "tiny" else torch.bfloat16,
+    path = build_tiny_vlm(out, default_corpus(), spec=spec, dtype=torch.bfloat16 if size == "2b" else None,
                           family=family)
     seconds = time.perf_counter() - start
     size_mb = sum(f.stat().st_size for f in path.glob("*.safetensors")) / 1e6

@@ -12,6 +12,7 @@ from agentrl.fit import build
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
+import bench_memory  # noqa: E402
 import bench_rollout  # noqa: E402
 import bench_update  # noqa: E402
 
@@ -42,6 +43,16 @@ def test_bench_rollout_compares_the_own_loop_with_generate_on_qwen(capsys):
     assert own["vs_generate"] == pytest.approx(hf["wall_s"] / own["wall_s"], rel=1e-9) and "vs_generate" not in hf
     out = capsys.readouterr().out
     assert "vs generate" in out and f"{own['vs_generate']:.2f}x" in out and "qwen2_5_vl" in out
+
+
+@pytest.mark.integration
+def test_bench_memory_runs_fit_per_strategy_and_reads_its_peaks(tiny_path, capsys):
+    rows = bench_memory.main(["--max-new-tokens", "4"])
+    assert [(r["strategy"], r["rc"]) for r in rows] == [("ddp", 0), ("fsdp", 0)]
+    for r in rows:  # the tiny model: the interpreter and torch, well under a few GB
+        assert 0.2 < r["rollout_gb"] < 4 and 0.2 < r["update_gb"] < 4
+    assert rows[1]["update_vs_first"] == pytest.approx(rows[1]["update_gb"] / rows[0]["update_gb"])
+    assert f"{rows[1]['update_vs_first']:.2f}x" in capsys.readouterr().out
 
 
 def test_bench_update_smoke(tiny_path, capsys):

@@ -98,6 +98,8 @@ def test_cli_fit_end_to_end(tmp_path, tiny_path, extra):
     assert [e.value for e in events.Scalars("charts/update")] == [1, 2]
     assert [e.step for e in events.Scalars("charts/update")] == env_steps
     assert events.Tags()["images"] and events.Tags()["tensors"]  # sample images and their generated text
+    for tag in ("perf/peak_mem_rollout_gb", "perf/peak_mem_update_gb"):  # the tiny model: the interpreter and torch
+        assert all(0.2 < e.value < 8 for e in events.Scalars(tag)), tag
 
     # every trainable parameter moved away from its initial value
     seed_everything(3)

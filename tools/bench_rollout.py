@@ -41,10 +41,7 @@ includes the model and Python itself), on CUDA ``torch.cuda.max_memory_allocated
 from __future__ import annotations
 
 import argparse
-import contextlib
-import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import benchlib
@@ -54,33 +51,11 @@ import torch
 from agentrl import ppo
 from agentrl.config import load_config
 from agentrl.fit import build
+from agentrl.peakmem import PeakMemory
 from agentrl.policy import PolicyModule
 from agentrl.rollout import RolloutDataModule
 
 # ---------------------------------------------------------------- memory
-
-
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return
-    # Linux: writing 5 resets this process's VmHWM; elsewhere ru_maxrss is the high-water mark so far
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def sync(device: torch.device) -> None:
@@ -152,12 +127,13 @@ def make_data(base: RolloutDataModule, cfg: Any, num_envs: int, steps: int) -> R
 
 def timed(device: torch.device, seed: int, fn, *args) -> tuple[dict[str, Any], float, float]:
     torch.manual_seed(seed)
-    reset_peak_memory(device)
+    peak = PeakMemory(device)
+    peak.reset()
     sync(device)
     t0 = time.perf_counter()
     out = fn(*args)
     sync(device)
-    return out, time.perf_counter() - t0, peak_memory_mb(device)
+    return out, time.perf_counter() - t0, peak.gb() * 1024
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:

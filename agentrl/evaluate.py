@@ -117,7 +117,8 @@ def evaluate(cfg: Config, checkpoint: str | None, episodes: int, *, greedy: bool
         raise ConfigError(f"--episodes must be >= 1, got {episodes}")
     if cfg.trainer.devices != 1 or cfg.trainer.num_nodes != 1:
         raise ConfigError(f"agentrl eval runs on one device (its envs step in one batch); got trainer.devices="
-                          f"{cfg.trainer.devices}, trainer.num_nodes={cfg.trainer.num_nodes}: pass trainer.devices=1")
+                          f"{cfg.trainer.devices}, trainer.num_nodes={cfg.trainer.num_nodes}: pass trainer.devices=1"
+                          + (" trainer.strategy=auto" if cfg.trainer.strategy == "fsdp" else ""))
     hf_logging.disable_progress_bar()
     set_threads(cfg.trainer.num_threads, 1)
     fabric = make_fabric(cfg.trainer, devices=1)  # trainer.accelerator and trainer.precision, as fit

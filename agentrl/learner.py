@@ -183,7 +183,9 @@ def accumulate_gradients(fabric: Fabric, policy: PolicyModule, policy_f: Any, ro
                                       [rollout.weights[i] for i in ix],
                                       share=False if sharded else None)  # one forward per micro-batch, as on every rank
         weight = 1.0 if j < real else 0.0
-        with fabric.no_backward_sync(policy_f, enabled=j < len(micro) - 1):
+        # DDP: gradients all-reduced once, after the last micro-batch. FSDP2 reduce-scatters every micro-batch's
+        # into the shards instead: skipping it would hold a full unsharded gradient on every rank until the last
+        with fabric.no_backward_sync(policy_f, enabled=j < len(micro) - 1 and not sharded):
             token_logp, values, entropy = policy_f(inputs, with_entropy=cfg.policy.entropy_coef > 0)
             dev = values.device
             logp = ppo.weighted_logprob(token_logp.float(), inputs.weights.to(dev))

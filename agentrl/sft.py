@@ -27,7 +27,7 @@ from torch import Tensor
 
 from agentrl.batching import Prompt
 from agentrl.checkpoint import run_meta, save_checkpoint
-from agentrl.config import Config, to_yaml
+from agentrl.config import Config, ConfigError, to_yaml
 from agentrl.distributed import make_fabric
 from agentrl.policy import PolicyModule
 from agentrl.registry import Components
@@ -148,6 +148,12 @@ def train(policy: PolicyModule, data: list[Encoded], cfg: Config, console: Conso
     model = policy.model
     model.train()
     if fabric.world_size > 1 and cfg.trainer.strategy == "fsdp":  # FSDP2: the optimizer is made over the shards
+        with_image = {"pixel_values" in e.prompt for e in data}
+        if len(with_image) > 1:  # the vision blocks' gathers would run on some ranks only: a hang
+            raise ConfigError(f"trainer.strategy=fsdp: {sum('pixel_values' in e.prompt for e in data)} of "
+                              f"{len(data)} SFT examples have an image and the rest none; a sharded vision tower "
+                              f"runs only for batches with images, so ranks would wait on each other. Give every "
+                              f"example an image (or none), or use trainer.strategy=ddp")
         model_f = fabric.setup_module(model)
         optimizer = fabric.setup_optimizers(torch.optim.Adam(param_groups(model, s.lr, s.vision_lr)))
     else:

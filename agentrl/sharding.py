@@ -1,11 +1,13 @@
 """``trainer.strategy=fsdp``: FSDP2 (torch's ``fully_shard``) through Fabric's ``ModelParallelStrategy``.
 
 What is sharded: every transformer block the model names as unsplittable
-(``_no_split_modules``: decoder layers, vision blocks, embeddings) is its own
-FSDP unit, LoRA adapters sharded with their layer; the rest (embedding
-table, LM head, final norm, value head) forms the root unit. Gradients,
-Adam's moments and the float32 trainable weights stay sharded: 1/N of them
-per rank. Weights are gathered in the dtype they are stored in (the frozen
+(``_no_split_modules``: decoder layers, vision blocks) is its own FSDP unit,
+LoRA adapters sharded with their layer; the rest (embedding table, LM head,
+final norm, value head) forms the root unit. Gradients, Adam's moments and
+the float32 trainable weights stay sharded: 1/N of them per rank (each
+micro-batch's gradient is reduce-scattered into the shards as it is made,
+so no rank ever holds a full gradient; the price is one reduce-scatter per
+micro-batch instead of one per optimizer step). Weights are gathered in the dtype they are stored in (the frozen
 base in ``model.dtype``, what trains in float32) and gradients reduced in
 float32; ``trainer.precision=bf16-mixed`` computes in bfloat16 by autocast,
 as under DDP, so both strategies compute the same numbers.
@@ -28,11 +30,13 @@ on its prompts).
 Checkpoints keep the layout of :mod:`agentrl.checkpoint`: every rank takes
 part in gathering the full trainable weights (one all-gather per parameter)
 and a full optimizer state keyed by parameter name (torch.distributed.
-checkpoint's state-dict API); rank 0 writes them, so an FSDP checkpoint is
-the same weight files as a DDP one (``agentrl eval``, ``policy.init_from`` and the
-Hugging Face export read it unchanged). A resume hands every rank the full
-state to cut its shard from. The full state passes through rank 0's CPU
-memory: for the trainable weights of a LoRA run that is small.
+checkpoint's state-dict API); only rank 0 keeps them, on the CPU, and writes
+them, so an FSDP checkpoint is the same weight files as a DDP one
+(``agentrl eval``, ``policy.init_from`` and the Hugging Face export read it
+unchanged). A resume loads the full state on every rank to cut its shard
+from: for the trainable weights of a LoRA run that
+is small; for full fine-tuning of a large model it is each rank's host
+memory that must hold it (sharded checkpoint files are not built).
 """
 
 from __future__ import annotations
@@ -80,10 +84,10 @@ def fsdp_parallelize():
 
 def fsdp_units(module: nn.Module) -> list[nn.Module]:
     """The FSDP2 units inside ``module`` (none when it is not sharded)."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:  # pragma: no cover (torch without distributed)
+    if not torch.distributed.is_available():  # a torch built without distributed shards nothing
         return []
+    from torch.distributed.fsdp import FSDPModule
+
     return [m for m in module.modules() if isinstance(m, FSDPModule)]
 
 
@@ -112,9 +116,9 @@ def gathered(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for m in units:
-            m.reshard()
+        for m in units:  # the setting first: reshard() does nothing to a unit left mid-forward by an exception
             m.set_reshard_after_forward(m is not root, recurse=False)
+            m.reshard()
 
 
 def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -147,13 +151,16 @@ def full_weights(module: nn.Module, trainable_only: bool = True) -> dict[str, to
     """``module``'s parameters (trainable ones, or all) as full float tensors on the CPU, in stored dtype.
 
     Every rank calls it (each sharded parameter is one all-gather, in the same order everywhere);
-    every rank gets the full tensors. Gathered from the shards, not from a :func:`gathered`
-    copy, which under bf16-mixed holds 16-bit casts of the float32 weights.
+    rank 0 gets the full tensors, the other ranks an empty dict (no rank but the writer holds a
+    second copy of the weights in host memory).
     """
+    keep = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
     out = {}
     for name, p in module.named_parameters():
         if trainable_only and not p.requires_grad:
             continue
         full = p.full_tensor() if hasattr(p, "full_tensor") else p
-        out[name] = full.detach().cpu().clone()
+        if keep:
+            out[name] = full.detach().cpu().clone()
+        del full
     return out

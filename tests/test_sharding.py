@@ -91,6 +91,13 @@ def test_fsdp_lora_fit_checkpoints_and_resumes_exactly(tmp_path, tiny_path):
     events = EventAccumulator(str(straight / "tensorboard"))
     events.Reload()
     assert [e.value for e in events.Scalars("charts/env_steps")] == [16, 32]
+    # agentrl eval reads the FSDP checkpoint on one device, as a DDP one
+    from agentrl.config import load_config
+    from agentrl.evaluate import evaluate
+
+    result = evaluate(load_config(ROOT / "conf/numberline.yaml", ["model.finetune=lora", "env.num_envs=2"]),
+                      str(straight / "checkpoints/update_000002"), 3, greedy=True)
+    assert result["episodes"] == 3
 
 
 def test_sft_under_fsdp_writes_full_weights_that_fit_loads(tmp_path, tiny_path):

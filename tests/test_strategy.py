@@ -54,3 +54,26 @@ def test_fsdp_builds_fsdp2_data_parallel_over_every_process_with_the_start_up_ti
     assert strategy._data_parallel_size == 4 and strategy._tensor_parallel_size == 1
     assert strategy._timeout == timedelta(seconds=900)
     assert not strategy._save_distributed_checkpoint  # agentrl writes full state from rank 0 (atomic, exact resume)
+
+
+def test_fsdp_on_a_torch_without_fsdp2_is_refused_with_the_version(monkeypatch):
+    from agentrl.config import checks
+
+    monkeypatch.setattr(checks, "_torch_version", lambda: (2, 4))
+    with pytest.raises(ConfigError, match=r"trainer.strategy=fsdp needs torch 2.6 or newer.*torch 2.4"):
+        load_config(ROOT / "conf/numberline.yaml", ["trainer.strategy=fsdp", "trainer.devices=2"])
+
+
+def test_sft_under_fsdp_refuses_examples_with_and_without_images():
+    """A sharded vision tower runs only for batches with images: ranks would make different gathers."""
+    from types import SimpleNamespace
+
+    from agentrl.sft import Encoded, train
+
+    cfg = load_config(ROOT / "conf/sft/numberline.yaml", ["trainer.strategy=fsdp", "trainer.devices=2"])
+    fabric = SimpleNamespace(global_rank=0, world_size=2)
+    policy = SimpleNamespace(to=lambda device: None, model=SimpleNamespace(train=lambda: None))
+    fabric.device = "cpu"
+    data = [Encoded({"input_ids": None, "pixel_values": None}, None), Encoded({"input_ids": None}, None)]
+    with pytest.raises(ConfigError, match=r"fsdp: 1 of 2 SFT examples have an image"):
+        train(policy, data, cfg, fabric=fabric)

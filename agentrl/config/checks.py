@@ -66,6 +66,17 @@ def check_strategy(strategy: str, processes: int) -> None:
             f"trainer.strategy=fsdp to shard weights, gradients and optimizer state (FSDP2, ZeRO-3's equivalent), "
             f"or ddp")
     check_choice("trainer.strategy", strategy, ("auto", "ddp", "ddp_spawn", "fsdp"))
+    if strategy == "fsdp" and _torch_version() < (2, 6):
+        raise ConfigError("trainer.strategy=fsdp needs torch 2.6 or newer (FSDP2's public fully_shard); this is "
+                          f"torch {'.'.join(map(str, _torch_version()))}: upgrade torch, or use trainer.strategy=ddp")
     if strategy == "fsdp" and processes < 2:
         raise ConfigError(f"trainer.strategy=fsdp shards over processes, and trainer.devices x trainer.num_nodes is "
                           f"{processes}: set trainer.devices=2 or more, or use trainer.strategy=auto for one")
+
+
+def _torch_version() -> tuple[int, int]:
+    """(major, minor) of the installed torch, read without importing it."""
+    from importlib.metadata import version
+
+    major, minor = version("torch").split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)

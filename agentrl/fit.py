@@ -36,7 +36,7 @@ from agentrl.registry import Components
 from agentrl.report import Reporter, update_metrics
 from agentrl.resume import RunState, resume, resume_changes, resume_target, save_update
 from agentrl.rollout import RolloutDataModule
-from agentrl.sharding import gathered
+from agentrl.sharding import gathered, refuse_mixed_images
 from agentrl.signals import CollectAbandoned, Preempted, StopSignals
 
 
@@ -169,6 +169,8 @@ def _train(cfg: Config, fabric: Any, logger: TensorBoardLogger, parts: Component
         t_collect = time.perf_counter() - t0
         mem_rollout = peak.gb()
         meeting.wait("collecting rollouts")  # every rank meets here, or the slow one is named
+        if learner.sharded:
+            refuse_mixed_images(fabric, rollout.prompts)
 
         # 3. advantages, whitened with statistics over every rank
         adv, ret = estimator(rollout)

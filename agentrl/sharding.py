@@ -164,3 +164,22 @@ def full_weights(module: nn.Module, trainable_only: bool = True) -> dict[str, to
             out[name] = full.detach().cpu().clone()
         del full
     return out
+
+
+def refuse_mixed_images(fabric: Any, prompts: list[dict[str, Any]]) -> None:
+    """Under FSDP, stop (ConfigError on every rank at once) when some of a rollout's prompts have an image and others none.
+
+    A sharded vision tower runs, and gathers its blocks, only in the forwards of micro-batches with
+    images, so ranks holding different mixes would make different collectives and hang in the update.
+    """
+    counts = torch.tensor([float(sum("pixel_values" in p for p in prompts)), float(len(prompts))])
+    if fabric.world_size > 1:
+        counts = fabric.all_reduce(counts, reduce_op="sum").cpu()
+    have, total = (int(x) for x in counts.tolist())
+    if 0 < have < total:
+        from agentrl.config import ConfigError
+
+        raise ConfigError(f"trainer.strategy=fsdp: {have} of this rollout's {total} observations have an image and "
+                          f"the rest none; a sharded vision tower gathers its weights only for batches with images, "
+                          f"so the ranks would wait on each other. Use an env that gives every observation an image "
+                          f"(or none: env.image=none where the env offers it), or trainer.strategy=ddp")

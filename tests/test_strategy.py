@@ -77,3 +77,15 @@ def test_sft_under_fsdp_refuses_examples_with_and_without_images():
     data = [Encoded({"input_ids": None, "pixel_values": None}, None), Encoded({"input_ids": None}, None)]
     with pytest.raises(ConfigError, match=r"fsdp: 1 of 2 SFT examples have an image"):
         train(policy, data, cfg, fabric=fabric)
+
+
+def test_a_rollout_mixing_image_and_text_only_observations_is_refused_under_fsdp():
+    from types import SimpleNamespace
+
+    from agentrl.sharding import refuse_mixed_images
+
+    one = SimpleNamespace(world_size=1)
+    refuse_mixed_images(one, [{"input_ids": 0, "pixel_values": 0}] * 2)  # all with an image: fine
+    refuse_mixed_images(one, [{"input_ids": 0}] * 2)  # none: fine
+    with pytest.raises(ConfigError, match=r"fsdp: 1 of this rollout's 2 observations have an image"):
+        refuse_mixed_images(one, [{"input_ids": 0, "pixel_values": 0}, {"input_ids": 0}])

@@ -81,10 +81,13 @@ def resume(fabric: Any, candidates: list[Path], *, policy: Any, learner: Any, da
     next one is tried; none readable is a ConfigError listing each and why.
     """
     problems = []
+    # FSDP: every rank reads the full state to cut its shard from; memory-mapped, the ranks of a node share
+    # one copy in the page cache instead of each holding its own
+    mmap = bool(getattr(learner, "sharded", False))
     for ckpt in candidates:
         try:
-            trainable = torch.load(Path(ckpt) / "trainable.pt", map_location="cpu", weights_only=True)
-            state = torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False)
+            trainable = torch.load(Path(ckpt) / "trainable.pt", map_location="cpu", weights_only=True, mmap=mmap)
+            state = torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False, mmap=mmap)
         except Exception as e:  # a truncated or corrupt file: torch raises many kinds
             problems.append(f"{ckpt}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             warnings.warn(f"checkpoint {ckpt} is unreadable ({problems[-1].split(': ', 1)[1]}); "

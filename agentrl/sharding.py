@@ -33,10 +33,9 @@ and a full optimizer state keyed by parameter name (torch.distributed.
 checkpoint's state-dict API); only rank 0 keeps them, on the CPU, and writes
 them, so an FSDP checkpoint is the same weight files as a DDP one
 (``agentrl eval``, ``policy.init_from`` and the Hugging Face export read it
-unchanged). A resume loads the full state on every rank to cut its shard
-from: for the trainable weights of a LoRA run that
-is small; for full fine-tuning of a large model it is each rank's host
-memory that must hold it (sharded checkpoint files are not built).
+unchanged). A resume reads the full state on every rank, memory-mapped (the
+ranks of a node share one copy in the page cache), to cut its shard from;
+sharded checkpoint files are not built.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from test_distributed import HERE, ROOT, SMALL, env
 from agentrl.sharding import block_classes
 
 pytestmark = pytest.mark.integration
-FSDP = [*[a for a in SMALL if not a.startswith("trainer.strategy")], "trainer.strategy=fsdp", "model.finetune=lora"]
+FSDP = [*[a for a in SMALL if not a.startswith("trainer.strategy")], "trainer.strategy=fsdp"]
 
 
 def run_harness(out, mode, precision="32-true"):
@@ -26,6 +26,7 @@ def run_harness(out, mode, precision="32-true"):
 
 
 def fit(out, *extra, timeout=600):
+    extra = extra if any(a.startswith("model.finetune=") for a in extra) else ("model.finetune=lora", *extra)
     cmd = [sys.executable, "-m", "agentrl.cli", "fit", "-c", str(ROOT / "conf/numberline.yaml"), *FSDP, *extra,
            f"trainer.out_dir={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env())
@@ -98,6 +99,30 @@ def test_fsdp_lora_fit_checkpoints_and_resumes_exactly(tmp_path, tiny_path):
     result = evaluate(load_config(ROOT / "conf/numberline.yaml", ["model.finetune=lora", "env.num_envs=2"]),
                       str(straight / "checkpoints/update_000002"), 3, greedy=True)
     assert result["episodes"] == 3
+
+
+def test_fsdp_full_fine_tuning_resumes_exactly_and_exports_the_whole_model(tmp_path, tiny_path):
+    """Every weight trains and is sharded; the checkpoint's model/ folder is the full model, loadable as is."""
+    from transformers import AutoModelForImageTextToText
+
+    common = ["model.finetune=full", "trainer.max_updates=2", "trainer.checkpoint_every=1",
+              "trainer.image_log_every=0"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    fit(straight, *common)
+    fit(resumed, *common, f"trainer.resume={straight}/checkpoints/update_000001")
+    a = torch.load(straight / "checkpoints/update_000002/trainable.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoints/update_000002/trainable.pt", weights_only=True)
+    first = torch.load(straight / "checkpoints/update_000001/trainable.pt", weights_only=True)
+    assert a.keys() == b.keys() and len(a) > 50
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert any(not torch.equal(first[n], a[n]) for n in a)
+    exported = AutoModelForImageTextToText.from_pretrained(straight / "checkpoints/update_000002/model")
+    mine = {n.removeprefix("model."): t for n, t in a.items() if n.startswith("model.")}
+    theirs = dict(exported.named_parameters())
+    assert mine.keys() <= theirs.keys()  # every trained weight (unreachable ones, e.g. a last vision norm, frozen)
+    for name in mine:
+        assert torch.equal(theirs[name].detach(), mine[name].to(theirs[name].dtype)), name
 
 
 def test_sft_under_fsdp_writes_full_weights_that_fit_loads(tmp_path, tiny_path):

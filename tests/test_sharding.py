@@ -125,6 +125,17 @@ def test_fsdp_full_fine_tuning_resumes_exactly_and_exports_the_whole_model(tmp_p
         assert torch.equal(theirs[name].detach(), mine[name].to(theirs[name].dtype)), name
 
 
+def test_grouped_rollouts_of_different_sizes_per_rank_step_together_under_fsdp(tmp_path, tiny_path):
+    """GiGPO keeps whole groups, so ranks hold different sample counts: every sharded forward still pairs up."""
+    out = tmp_path / "run"
+    fit(out, "advantage.estimator=gigpo", "rollout.group_size=2", "trainer.max_updates=2")
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("losses/optimizer_steps")] == [8.0, 8.0]  # 16 / 8 per epoch x 4 epochs
+    steps = [e.value for e in events.Scalars("charts/env_steps")]
+    assert steps[0] >= 16 and steps[1] >= steps[0] + 16
+
+
 def test_sft_under_fsdp_writes_full_weights_that_fit_loads(tmp_path, tiny_path):
     out = tmp_path / "sft"
     cmd = [sys.executable, "-m", "agentrl.cli", "sft", "-c", str(ROOT / "conf/sft/numberline.yaml"),

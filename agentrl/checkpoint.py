@@ -83,8 +83,11 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        trainable = trainable_state(policy) if weights is None else {
-            n: t for n, t in weights.items() if n in {m for m, p in policy.named_parameters() if p.requires_grad}}
+        if weights is None:
+            trainable = trainable_state(policy)
+        else:
+            names = {n for n, p in policy.named_parameters() if p.requires_grad}
+            trainable = {n: t for n, t in weights.items() if n in names}
         torch.save(trainable, tmp / "trainable.pt")
         torch.save(trainer_state, tmp / "trainer_state.pt")
         if export:

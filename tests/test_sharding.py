@@ -67,18 +67,27 @@ def test_target_kl_crossed_on_one_rank_stops_both_after_the_same_epoch(tmp_path,
         assert r["optimizer_steps"] == r["planned_per_epoch"]
 
 
-def test_fsdp_lora_fit_checkpoints_and_resumes_exactly(tmp_path, tiny_path):
-    common = ["trainer.max_updates=2", "trainer.checkpoint_every=1", "trainer.image_log_every=0"]
+def straight_and_resumed(tmp_path, *extra):
+    """Two updates straight, and resumed after update 1: update 2's trainable weights are bit-identical.
+
+    Returns the straight run's directory and its update-2 weights (full tensors, not a rank's shard)."""
+    common = [*extra, "trainer.max_updates=2", "trainer.checkpoint_every=1", "trainer.image_log_every=0"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     fit(straight, *common)
     fit(resumed, *common, f"trainer.resume={straight}/checkpoints/update_000001")
     a = torch.load(straight / "checkpoints/update_000002/trainable.pt", weights_only=True)
     b = torch.load(resumed / "checkpoints/update_000002/trainable.pt", weights_only=True)
     first = torch.load(straight / "checkpoints/update_000001/trainable.pt", weights_only=True)
-    assert a.keys() == b.keys() and any("lora_A" in n for n in a)
-    for name in a:  # full tensors (not a rank's shard), bit-identical after the resume
+    assert a.keys() == b.keys()
+    for name in a:
         assert torch.equal(a[name], b[name]), name
     assert any(not torch.equal(first[n], a[n]) for n in a)  # update 2 moved the weights: the check is not vacuous
+    return straight, resumed, a
+
+
+def test_fsdp_lora_fit_checkpoints_and_resumes_exactly(tmp_path, tiny_path):
+    straight, resumed, a = straight_and_resumed(tmp_path)
+    assert any("lora_A" in n for n in a)
     sa = torch.load(straight / "checkpoints/update_000002/trainer_state.pt", weights_only=False)
     sb = torch.load(resumed / "checkpoints/update_000002/trainer_state.pt", weights_only=False)
     for name, moments in sa["optimizer"]["state"].items():  # the full optimizer state, by parameter name
@@ -105,18 +114,8 @@ def test_fsdp_full_fine_tuning_resumes_exactly_and_exports_the_whole_model(tmp_p
     """Every weight trains and is sharded; the checkpoint's model/ folder is the full model, loadable as is."""
     from transformers import AutoModelForImageTextToText
 
-    common = ["model.finetune=full", "trainer.max_updates=2", "trainer.checkpoint_every=1",
-              "trainer.image_log_every=0"]
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    fit(straight, *common)
-    fit(resumed, *common, f"trainer.resume={straight}/checkpoints/update_000001")
-    a = torch.load(straight / "checkpoints/update_000002/trainable.pt", weights_only=True)
-    b = torch.load(resumed / "checkpoints/update_000002/trainable.pt", weights_only=True)
-    first = torch.load(straight / "checkpoints/update_000001/trainable.pt", weights_only=True)
-    assert a.keys() == b.keys() and len(a) > 50
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
-    assert any(not torch.equal(first[n], a[n]) for n in a)
+    straight, _, a = straight_and_resumed(tmp_path, "model.finetune=full")
+    assert len(a) > 50
     exported = AutoModelForImageTextToText.from_pretrained(straight / "checkpoints/update_000002/model")
     mine = {n.removeprefix("model."): t for n, t in a.items() if n.startswith("model.")}
     theirs = dict(exported.named_parameters())

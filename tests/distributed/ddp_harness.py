@@ -14,12 +14,11 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.fabric import Fabric, seed_everything
+from harness_rollout import same_rollout_on_every_rank  # beside this script
+from lightning.fabric import Fabric
 
 from agentrl import ppo
-from agentrl.advantage import GAE
 from agentrl.config import load_config
-from agentrl.fit import build
 from agentrl.learner import accumulate_gradients, whiten_global
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,18 +34,7 @@ def main(out: Path, precision: str, uneven: bool = False) -> None:
         "env.num_envs=4", "rollout.steps_per_update=8", "ppo.minibatch_size=8", "ppo.micro_batch_size=2",
         "rollout.max_new_tokens=12", "prompt.image_position=last",  # the shared-prefix path, under DDP too
         *(sixteen if precision != "32-true" else [])])
-    seed_everything(0)
-    policy, data = build(cfg)  # same seed on both ranks: identical weights and rollout
-    if precision != "32-true":
-        with torch.no_grad():  # LoRA B starts at zero: give the adapters a gradient of their own
-            for name, p in policy.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(std=0.02)
-    torch.manual_seed(1)
-    with fabric.autocast():
-        rollout = data.collect()
-    adv, ret = GAE(0.9, 0.95)(rollout)
-    full = ppo.whiten(adv, adv.mean(), adv.var(unbiased=False))
+    policy, data, rollout, adv, ret, full = same_rollout_on_every_rank(fabric, cfg, lora_noise=precision != "32-true")
     # uneven: 3 samples on rank 0, 5 on rank 1 (grouped rollouts differ in size per rank)
     mine = (torch.arange(0, 3) if rank == 0 else torch.arange(3, 8)) if uneven else torch.arange(rank, 8, 2)
     sharded = whiten_global(fabric, adv[mine])  # global statistics from two halves

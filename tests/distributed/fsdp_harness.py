@@ -16,14 +16,13 @@ import sys
 from pathlib import Path
 
 import torch
-from lightning.fabric import Fabric, seed_everything
+from harness_rollout import same_rollout_on_every_rank  # beside this script
+from lightning.fabric import Fabric
 
 import agentrl.learner as learner_module
 from agentrl import ppo
-from agentrl.advantage import GAE
 from agentrl.config import load_config
 from agentrl.distributed import make_strategy
-from agentrl.fit import build
 from agentrl.learner import Learner, accumulate_gradients
 from agentrl.sharding import fsdp_units, gathered
 
@@ -41,17 +40,7 @@ def main(out: Path, mode: str, precision: str = "32-true") -> None:
     fabric = Fabric(accelerator="cpu", devices=2, strategy=make_strategy(cfg.trainer), precision=precision)
     fabric.launch()
     rank = fabric.global_rank
-    seed_everything(0)
-    policy, data = build(cfg)  # same seed on both ranks: identical weights and rollout
-    with torch.no_grad():  # LoRA B starts at zero: give the adapters a gradient of their own
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.02)
-    torch.manual_seed(1)
-    with fabric.autocast():
-        rollout = data.collect()
-    adv, ret = GAE(0.9, 0.95)(rollout)
-    full = ppo.whiten(adv, adv.mean(), adv.var(unbiased=False))
+    policy, data, rollout, adv, ret, full = same_rollout_on_every_rank(fabric, cfg, lora_noise=True)
     rollout.advantages, rollout.returns = full, ret
     mine = (torch.arange(0, 3) if rank == 0 else torch.arange(3, 8)) if mode == "uneven" else torch.arange(rank, 8, 2)
 

@@ -4,6 +4,9 @@ Layout of ``<out_dir>/checkpoints/update_000010/``:
   trainable.pt      every trainable parameter (LoRA or full) + the value head
   trainer_state.pt  optimizer, scheduler, update counter, RNG states, rollout state
   adapter/ | model/ the policy in Hugging Face format (model.path / policy.init_from accept it)
+  sharded/          instead of trainable.pt, the optimizer state and the export, with
+                    ``trainer.checkpoint_format=sharded``: every rank's shard of both
+                    (:mod:`agentrl.sharding`; ``agentrl export`` writes the full files from it)
   config.yaml       the resolved config
   meta.json         git SHA, command line, time, agentrl version
 ``<out_dir>/checkpoints/latest`` names the newest complete checkpoint.
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 
 from agentrl.config import ConfigError
+from agentrl.sharding import SHARDED_DIR, read_sharded_weights
 
 FORMAT_VERSION = 2
 """Bumped when the checkpoint layout changes; loading another version fails clearly."""
@@ -69,26 +73,27 @@ def save_checkpoint(
     meta: dict[str, Any],
     export: bool = True,
     weights: dict[str, torch.Tensor] | None = None,
+    prepared: Path | None = None,
 ) -> Path:
     """Write ``ckpt_dir`` atomically and point ``latest`` at it. Returns ``ckpt_dir``.
 
     ``weights``: the policy's full parameters, gathered beforehand from a sharded
     policy (:func:`agentrl.sharding.full_weights`); None reads them from ``policy``.
+    ``prepared``: a :func:`begin_checkpoint` folder that already holds the weights (every
+    rank's shard files, ``trainer.checkpoint_format=sharded``): no trainable.pt is written.
     On any error (disk full, ...) the temp dir is removed and the previous
     checkpoint is left as it was; the error says so.
     """
     ckpt_dir = Path(ckpt_dir)
-    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt_dir.parent / f".tmp-{ckpt_dir.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = begin_checkpoint(ckpt_dir) if prepared is None else prepared
     try:
-        tmp.mkdir()
-        if weights is None:
-            trainable = trainable_state(policy)
-        else:
-            names = {n for n, p in policy.named_parameters() if p.requires_grad}
-            trainable = {n: t for n, t in weights.items() if n in names}
-        torch.save(trainable, tmp / "trainable.pt")
+        if prepared is None:
+            if weights is None:
+                trainable = trainable_state(policy)
+            else:
+                names = {n for n, p in policy.named_parameters() if p.requires_grad}
+                trainable = {n: t for n, t in weights.items() if n in names}
+            torch.save(trainable, tmp / "trainable.pt")
         torch.save(trainer_state, tmp / "trainer_state.pt")
         if export:
             export_hf(policy, tmp, weights)
@@ -107,6 +112,15 @@ def save_checkpoint(
                f"checkpoints with trainer.keep_checkpoints; " if full else "")
         raise CheckpointWriteError(f"could not write checkpoint {ckpt_dir}: {why}{e}; {kept}") from e
     return ckpt_dir
+
+
+def begin_checkpoint(ckpt_dir: Path) -> Path:
+    """A fresh temp folder beside ``ckpt_dir`` to write it in; :func:`save_checkpoint` renames it into place."""
+    ckpt_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ckpt_dir.parent / f".tmp-{ckpt_dir.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
 
 
 def mark_best(ckpt: Path) -> None:
@@ -161,6 +175,36 @@ def export_hf(policy: Any, out: Path, weights: dict[str, torch.Tensor] | None = 
         model.save_pretrained(out / "model", **given)
         policy.processor.save_pretrained(out / "model")
     torch.save(head, out / "value_head.pt")
+
+
+def export_checkpoint(checkpoint: str, out: str | None = None) -> Path:
+    """``agentrl export``: a checkpoint's full files (trainable.pt, adapter/ or model/, value_head.pt, config.yaml)
+    in ``out`` [default: CHECKPOINT/export], written atomically; the way to share or convert a sharded one.
+
+    The policy is built on the CPU from the checkpoint's own config.yaml.
+    """
+    from agentrl.config import load_config
+    from agentrl.registry import Components
+
+    ckpt = resolve_resume(checkpoint, "--checkpoint")
+    if not (ckpt / "config.yaml").is_file():
+        raise ConfigError(f"--checkpoint {ckpt}: no config.yaml there to build the model from")
+    cfg = load_config(ckpt / "config.yaml")
+    policy = Components.resolve(cfg).make_policy(cfg)
+    load_trainable(policy, ckpt)
+    dest = ckpt / "export" if out is None else Path(out).expanduser()
+    tmp = begin_checkpoint(dest)
+    try:
+        torch.save(trainable_state(policy), tmp / "trainable.pt")
+        export_hf(policy, tmp)
+        shutil.copy(ckpt / "config.yaml", tmp / "config.yaml")
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointWriteError(f"could not write the export {dest}: {e}") from e
+    return dest
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -222,8 +266,11 @@ def load_trainable(policy: torch.nn.Module, ckpt: Path, value_head: bool = True,
     """
     if state is None:
         path = Path(ckpt) / "trainable.pt"
+        if not path.exists() and (Path(ckpt) / SHARDED_DIR).is_dir():  # trainer.checkpoint_format=sharded
+            path = Path(ckpt) / SHARDED_DIR
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() \
+                else read_sharded_weights(path)
         except Exception as e:  # missing, truncated or corrupt
             raise ConfigError(f"checkpoint file {path} does not load ({type(e).__name__}: {e}); "
                               f"it is damaged: use an earlier checkpoint") from None

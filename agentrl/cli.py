@@ -80,6 +80,12 @@ def _parsers(cfg: Any = None, source: str = "") -> tuple[argparse.ArgumentParser
     p.add_argument("--out", help="JSON file to write, replacing one there [default: CHECKPOINT/eval-eval-greedy.json "
                    "or eval-eval-sampled.json; if taken, the first free of ...-2.json, ...-3.json: never replaced]")
 
+    p = sub.add_parser("export", help="write a checkpoint's full weights and Hugging Face folder",
+                       description="Full trainable.pt, adapter/ (LoRA) or model/ (full fine-tuning) and value_head.pt of "
+                                   "a checkpoint, also one written sharded (trainer.checkpoint_format=sharded).")
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir (or run dir: its latest checkpoint)")
+    p.add_argument("--out", help="folder to write, replacing one there [default: CHECKPOINT/export]")
+
     p = sub.add_parser("sft", help="supervised warm start from expert data", formatter_class=fmt, epilog=epilog)
     _add_config_args(p)
 
@@ -134,6 +140,11 @@ def _run(args: argparse.Namespace) -> int:
         from agentrl.tiny import make_tiny_model
 
         return make_tiny_model(args.out, args.size, args.family)
+    if args.command == "export":
+        from agentrl.checkpoint import export_checkpoint
+
+        print(f"exported to {export_checkpoint(args.checkpoint, args.out)}")
+        return 0
     if args.command == "alfworld-gen":
         try:
             from agentrl.envs.alfworld.gen import main as gen_main

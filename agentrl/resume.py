@@ -7,6 +7,7 @@ and :func:`resume_changes` checked which settings changed (some may, see :data:`
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections import deque
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import torch
 
 from agentrl.checkpoint import (
     FORMAT_VERSION,
+    begin_checkpoint,
     complete_checkpoints,
     load_trainable,
     prune,
@@ -25,7 +27,14 @@ from agentrl.checkpoint import (
 )
 from agentrl.config import ConfigError
 from agentrl.distributed import gather_objects
-from agentrl.sharding import full_optimizer_state, full_weights, load_full_optimizer_state
+from agentrl.sharding import (
+    SHARDED_DIR,
+    full_optimizer_state,
+    full_weights,
+    load_full_optimizer_state,
+    load_sharded,
+    save_sharded,
+)
 
 
 @dataclass
@@ -55,8 +64,18 @@ def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data:
             "data": data.state_dict(), "window": list(run.window),
             "estimator": estimator.state_dict() if hasattr(estimator, "state_dict") else {}}
     ranks = gather_objects(mine, fabric.world_size)  # env and sampling state of every rank
-    weights, optimizer = None, None
-    if getattr(learner, "sharded", False):  # FSDP2: every rank takes part in gathering the full state
+    weights, optimizer, prepared = None, None, None
+    if writes_shards(learner):  # every rank writes its own shard into the folder rank 0 made
+        prepared = fabric.broadcast(begin_checkpoint(ckpt_dir) if fabric.is_global_zero else None, 0)
+        try:
+            save_sharded(policy, learner.optimizer.optimizer, prepared / SHARDED_DIR)
+        except Exception:
+            if fabric.is_global_zero:
+                shutil.rmtree(prepared, ignore_errors=True)
+            raise
+        fabric.barrier()  # every shard is on disk before rank 0 completes the checkpoint
+        optimizer = f"in {SHARDED_DIR}/"
+    elif getattr(learner, "sharded", False):  # FSDP2: every rank takes part in gathering the full state
         weights = full_weights(policy, trainable_only=hasattr(policy.model, "peft_config"))
         optimizer = full_optimizer_state(policy, learner.optimizer.optimizer)
     written = None
@@ -66,7 +85,7 @@ def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data:
                  "scheduler": learner.scheduler.state_dict(), "counters": dict(run.counters), "ranks": ranks,
                  "best_eval": run.best_eval, "best_name": run.best_name}
         written = save_checkpoint(ckpt_dir, policy=policy, trainer_state=state, config_yaml=config_yaml, meta=meta,
-                                  weights=weights)
+                                  weights=weights, prepared=prepared, export=prepared is None)
         prune(ckpt_dir.parent, keep)  # trainer.keep_checkpoints
     fabric.barrier()
     return written
@@ -86,8 +105,19 @@ def resume(fabric: Any, candidates: list[Path], *, policy: Any, learner: Any, da
     mmap = bool(getattr(learner, "sharded", False))
     for ckpt in candidates:
         try:
-            trainable = torch.load(Path(ckpt) / "trainable.pt", map_location="cpu", weights_only=True, mmap=mmap)
+            shards = Path(ckpt) / SHARDED_DIR
+            trainable = None if shards.is_dir() else \
+                torch.load(Path(ckpt) / "trainable.pt", map_location="cpu", weights_only=True, mmap=mmap)
             state = torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False, mmap=mmap)
+            if trainable is None:
+                if not getattr(learner, "sharded", False):
+                    raise ConfigError(f"checkpoint {ckpt} holds FSDP shards (trainer.checkpoint_format=sharded): "
+                                      f"resume it with trainer.strategy=fsdp, or write its full files first with "
+                                      f"`agentrl export --checkpoint {ckpt}`")
+                _check_world(ckpt, state, fabric)
+                load_sharded(policy, learner.optimizer.optimizer, shards)  # collective: a bad shard fails every rank
+        except ConfigError:
+            raise
         except Exception as e:  # a truncated or corrupt file: torch raises many kinds
             problems.append(f"{ckpt}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             warnings.warn(f"checkpoint {ckpt} is unreadable ({problems[-1].split(': ', 1)[1]}); "
@@ -110,12 +140,13 @@ def _apply(fabric: Any, ckpt: Path, trainable: dict[str, Any], state: dict[str, 
     if state.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"checkpoint {ckpt} has format version {state.get('format_version')}; this agentrl "
                           f"reads {FORMAT_VERSION}")
-    load_trainable(policy, ckpt, state=trainable)
-    if len(state["ranks"]) != fabric.world_size:
-        raise ConfigError(f"checkpoint {ckpt} was written by {len(state['ranks'])} processes; resume it with "
-                          f"trainer.devices={len(state['ranks'])}")
+    if trainable is not None:  # else the shards are loaded already
+        load_trainable(policy, ckpt, state=trainable)
+    _check_world(ckpt, state, fabric)
     mine = state["ranks"][fabric.global_rank]
-    if getattr(learner, "sharded", False):  # a full state keyed by name: each rank takes its shard
+    if trainable is None:
+        pass
+    elif getattr(learner, "sharded", False):  # a full state keyed by name: each rank takes its shard
         load_full_optimizer_state(policy, learner.optimizer.optimizer, state["optimizer"])
     else:
         learner.optimizer.load_state_dict(state["optimizer"])
@@ -135,10 +166,24 @@ def _apply(fabric: Any, ckpt: Path, trainable: dict[str, Any], state: dict[str, 
     run.best_name = state.get("best_name", "")
 
 
+def _check_world(ckpt: Path, state: dict[str, Any], fabric: Any) -> None:
+    if len(state["ranks"]) != fabric.world_size:
+        raise ConfigError(f"checkpoint {ckpt} was written by {len(state['ranks'])} processes; resume it with "
+                          f"trainer.devices={len(state['ranks'])}")
+
+
+def writes_shards(learner: Any) -> bool:
+    """``trainer.checkpoint_format=sharded`` on an FSDP learner: each rank writes its own shard."""
+    cfg = getattr(learner, "cfg", None)
+    return bool(getattr(learner, "sharded", False)) and cfg is not None and \
+        cfg.trainer.checkpoint_format == "sharded"
+
+
 MUTABLE_ON_RESUME = (
     "ppo.lr", "ppo.min_lr", "ppo.value_lr", "ppo.clip", "ppo.value_clip", "ppo.vf_coef", "ppo.epochs",
     "ppo.max_grad_norm", "ppo.target_kl", "policy.entropy_coef", "trainer.max_updates", "trainer.log_every",
-    "trainer.image_log_every", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.out_dir",
+    "trainer.image_log_every", "trainer.checkpoint_every", "trainer.checkpoint_format", "trainer.keep_checkpoints",
+    "trainer.out_dir",
     "trainer.resume", "trainer.num_threads", "trainer.collective_timeout_s", "trainer.startup_timeout_s",
     "trainer.max_bad_steps", "trainer.accelerator", "env.step_timeout_s",
     "trainer.eval_every", "trainer.eval_episodes", "trainer.eval_greedy",

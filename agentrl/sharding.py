@@ -34,8 +34,16 @@ checkpoint's state-dict API); only rank 0 keeps them, on the CPU, and writes
 them, so an FSDP checkpoint is the same weight files as a DDP one
 (``agentrl eval``, ``policy.init_from`` and the Hugging Face export read it
 unchanged). A resume reads the full state on every rank, memory-mapped (the
-ranks of a node share one copy in the page cache), to cut its shard from;
-sharded checkpoint files are not built.
+ranks of a node share one copy in the page cache), to cut its shard from.
+
+``trainer.checkpoint_format=sharded`` skips the full copy: every rank writes
+its own shard of the trainable weights and of the optimizer state into the
+checkpoint's ``sharded/`` folder (torch.distributed.checkpoint, one
+``__<rank>_0.distcp`` file per rank and a ``.metadata`` index), and a resume
+reads back only its own shard. :func:`read_sharded_weights` assembles the
+full weights from those files in one process, with no process group, so
+``agentrl eval``, ``policy.init_from`` and ``agentrl export`` (which writes
+the full ``trainable.pt`` and the Hugging Face folder) read it too.
 """
 
 from __future__ import annotations
@@ -163,6 +171,54 @@ def full_weights(module: nn.Module, trainable_only: bool = True) -> dict[str, to
             out[name] = full.detach().cpu().clone()
         del full
     return out
+
+
+SHARDED_DIR = "sharded"
+"""The folder of a checkpoint that holds the per-rank shard files (``trainer.checkpoint_format=sharded``)."""
+
+
+def _sharded_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """This rank's shards of the trainable weights and of the optimizer state, keyed by parameter name."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    names = {n for n, p in module.named_parameters() if p.requires_grad}
+    weights = {n: t for n, t in get_model_state_dict(module).items() if n in names}
+    return {"model": weights, "optim": get_optimizer_state_dict(module, optimizer)}
+
+
+def save_sharded(module: nn.Module, optimizer: torch.optim.Optimizer, path: Any) -> None:
+    """Every rank writes its shard under ``path`` (a folder all ranks see; every rank calls it with the same one)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_sharded_state(module, optimizer), checkpoint_id=str(path))
+
+
+def load_sharded(module: nn.Module, optimizer: torch.optim.Optimizer, path: Any) -> None:
+    """Every rank reads back its shard of :func:`save_sharded`'s weights and optimizer state (all ranks call it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = _sharded_state(module, optimizer)  # a fresh Adam gets its state made (zero step at lr 0) to load into
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(module, state["model"], options=StateDictOptions(strict=False))
+    set_optimizer_state_dict(module, optimizer, optim_state_dict=state["optim"])
+
+
+def read_sharded_weights(path: Any) -> dict[str, torch.Tensor]:
+    """The full trainable weights of a sharded checkpoint folder, assembled in this process (no process group)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(str(path))
+    tensors = {key.removeprefix("model."): torch.empty(tuple(md.size), dtype=md.properties.dtype)
+               for key, md in reader.read_metadata().state_dict_metadata.items()
+               if key.startswith("model.") and isinstance(md, TensorStorageMetadata)}
+    dcp.load({"model": tensors}, storage_reader=reader, no_dist=True)
+    return tensors
 
 
 def refuse_mixed_images(fabric: Any, prompts: list[dict[str, Any]]) -> None:

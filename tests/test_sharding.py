@@ -144,3 +144,49 @@ def test_sft_under_fsdp_writes_full_weights_that_fit_loads(tmp_path, tiny_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "checkpoints/sft/sft_metrics.json").read_text())["steps"] == 2
     fit(tmp_path / "ppo", "trainer.max_updates=1", f"policy.init_from={out}/checkpoints/sft")
+
+
+def test_sharded_checkpoints_hold_each_ranks_shard_and_resume_exactly(tmp_path, tiny_path):
+    """trainer.checkpoint_format=sharded: no full copy is written; the shards resume bit-exactly, assemble into the
+    same weights a full-format run saves, and `agentrl export` turns them into the full files eval and HF read."""
+    from agentrl.sharding import read_sharded_weights
+
+    full, _, a = straight_and_resumed(tmp_path / "full")  # the same run in the full format, for reference
+    common = ["trainer.max_updates=2", "trainer.checkpoint_every=1", "trainer.image_log_every=0",
+              "trainer.checkpoint_format=sharded"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    fit(straight, *common)
+    fit(resumed, *common, f"trainer.resume={straight}/checkpoints/update_000001")
+    ckpt = straight / "checkpoints/update_000002"
+    assert not (ckpt / "trainable.pt").exists() and not (ckpt / "adapter").exists()
+    assert sorted(p.name for p in (ckpt / "sharded").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    sizes = [p.stat().st_size for p in (ckpt / "sharded").glob("*.distcp")]
+    assert min(sizes) > 0.3 * sum(sizes)  # each rank wrote its own half, not rank 0 all of it
+    state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+    assert state["optimizer"] == "in sharded/" and len(state["ranks"]) == 2
+    s, r = read_sharded_weights(ckpt / "sharded"), read_sharded_weights(resumed / "checkpoints/update_000002/sharded")
+    assert s.keys() == a.keys()
+    for name in a:
+        assert torch.equal(s[name], a[name]), name  # sharded and full formats train and save the same weights
+        assert torch.equal(r[name], a[name]), name  # and the resume from shards is exact
+    # eval reads the shards directly; export writes the full files, which match the full-format checkpoint
+    from agentrl.config import load_config
+    from agentrl.evaluate import evaluate
+
+    result = evaluate(load_config(ROOT / "conf/numberline.yaml", ["model.finetune=lora", "env.num_envs=2"]),
+                      str(ckpt), 3, greedy=True)
+    assert result["episodes"] == 3
+    out = tmp_path / "exported"
+    proc = subprocess.run([sys.executable, "-m", "agentrl.cli", "export", "--checkpoint", str(ckpt), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env=env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exported = torch.load(out / "trainable.pt", weights_only=True)
+    assert all(torch.equal(exported[n], a[n]) for n in a)
+    adapter = load_file(out / "adapter/adapter_model.safetensors")
+    reference = load_file(full / "checkpoints/update_000002/adapter/adapter_model.safetensors")
+    assert adapter.keys() == reference.keys() and all(torch.equal(adapter[k], reference[k]) for k in adapter)
+    # a sharded checkpoint under ddp is refused with what to do
+    proc = subprocess.run([sys.executable, "-m", "agentrl.cli", "fit", "-c", str(ROOT / "conf/numberline.yaml"),
+                           *SMALL, "model.finetune=lora", "trainer.max_updates=3", f"trainer.resume={ckpt}",
+                           f"trainer.out_dir={tmp_path / 'ddp'}"], capture_output=True, text=True, timeout=300, env=env())
+    assert proc.returncode == 2 and "trainer.strategy" in proc.stderr, proc.stderr[-2000:]

@@ -89,3 +89,13 @@ def test_a_rollout_mixing_image_and_text_only_observations_is_refused_under_fsdp
     refuse_mixed_images(one, [{"input_ids": 0}] * 2)  # none: fine
     with pytest.raises(ConfigError, match=r"fsdp: 1 of this rollout's 2 observations have an image"):
         refuse_mixed_images(one, [{"input_ids": 0, "pixel_values": 0}, {"input_ids": 0}])
+
+
+def test_sharded_checkpoints_without_fsdp_are_refused_with_what_to_set():
+    """Only an FSDP model has per-rank shards; ddp's ranks hold whole copies."""
+    with pytest.raises(ConfigError, match=r"checkpoint_format=sharded .* trainer.strategy is ddp: use "
+                                          r"trainer.strategy=fsdp, or trainer.checkpoint_format=full"):
+        load_config(ROOT / "conf/numberline.yaml", ["trainer.checkpoint_format=sharded", "trainer.strategy=ddp",
+                                                    "trainer.devices=2"])
+    with pytest.raises(ConfigError, match=r"trainer.checkpoint_format must be one of"):
+        load_config(ROOT / "conf/numberline.yaml", ["trainer.checkpoint_format=shards"])

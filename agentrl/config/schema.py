@@ -263,6 +263,8 @@ class TrainerConfig:
     """Seconds every process has to start and join the process group (importing torch and transformers can take a minute on a loaded machine)."""
     checkpoint_every: int = 10
     """Checkpoint every N updates (and always at the end); 0 only at the end."""
+    checkpoint_format: str = "full"
+    """full: rank 0 writes the full trainable weights, optimizer state and the Hugging Face export (any strategy); sharded (trainer.strategy=fsdp only): every rank writes its own shard (torch.distributed.checkpoint, no full copy in any host's memory; needs a file system all ranks share), read back by resume, eval, policy.init_from and `agentrl export`."""
     keep_checkpoints: int | None = None
     """Keep only the newest N checkpoints (older ones are deleted after each save); None keeps all."""
     resume: str | None = None
@@ -291,6 +293,11 @@ class TrainerConfig:
                       checkpoint_every=">= 0", num_threads="None or >= 1", success_window=">= 1",
                       keep_checkpoints="None or >= 1", eval_every=">= 0", eval_episodes=">= 1")
         check_strategy(self.strategy, self.devices * self.num_nodes)
+        check_choice("trainer.checkpoint_format", self.checkpoint_format, ("full", "sharded"))
+        if self.checkpoint_format == "sharded" and self.strategy != "fsdp":
+            raise ConfigError(f"trainer.checkpoint_format=sharded writes each rank's shard of an FSDP model, and "
+                              f"trainer.strategy is {self.strategy}: use trainer.strategy=fsdp, or "
+                              f"trainer.checkpoint_format=full")
         size = max((len(part.encode("utf-8", "surrogatepass")) for part in Path(self.out_dir).parts), default=0)
         if "${" not in self.out_dir and (size > 255 or "\0" in self.out_dir):  # left alone while ${...} remains
             raise ConfigError(f"trainer.out_dir must have no NUL and path components of at most 255 bytes (the "

@@ -93,12 +93,21 @@ class PromptBatcher:
 
     # ------------------------------------------------------------ processor calls
 
-    def encode(self, messages: list[dict[str, Any]], image: np.ndarray | None) -> Prompt:
-        """Chat-template and process one prompt (image preprocessing happens here, once)."""
+    def encode(self, messages: list[dict[str, Any]], image: np.ndarray | list[np.ndarray] | None) -> Prompt:
+        """Chat-template and process one prompt (image preprocessing happens here, once).
+
+        ``image``: the one image of the messages, or a list of their images in order (earlier steps'
+        images, ``prompt.history_images``).
+        """
         text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        if image is None:
+        images = [] if image is None else list(image) if isinstance(image, list) else [image]
+        if not images:
             return dict(self.processor(text=[text], return_tensors="pt"))
-        return dict(self.processor(text=[text], images=[self._pil(image)], return_tensors="pt"))
+        return dict(self.processor(text=[text], images=[self._pil(im) for im in images], return_tensors="pt"))
+
+    def image_tokens(self, prompt: Prompt) -> int:
+        """How many image (or video) placeholder tokens ``prompt`` holds: what its images cost in the context."""
+        return int(torch.isin(prompt["input_ids"], self.media_ids).sum())
 
     def encode_many(self, items: list[tuple[list[dict[str, Any]], np.ndarray | None]]) -> list[Prompt]:
         """:meth:`encode` for many (messages, image) pairs in ONE processor call, same result per prompt.
@@ -109,7 +118,8 @@ class PromptBatcher:
         with and without images, are encoded one by one.
         """
         with_image = [image is not None for _, image in items]
-        if not self.verified or len(items) < 2 or len(set(with_image)) > 1:
+        several = any(isinstance(image, list) for _, image in items)  # a processor call's images are not per row
+        if not self.verified or len(items) < 2 or len(set(with_image)) > 1 or several:
             return [self.encode(m, image) for m, image in items]
         texts = [self.processor.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m, _ in items]
         images = {"images": [self._pil(image) for _, image in items]} if with_image[0] else {}

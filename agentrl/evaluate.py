@@ -44,25 +44,28 @@ from agentrl.checkpoint import load_trainable, resolve_resume
 from agentrl.config import Config, ConfigError
 from agentrl.distributed import make_fabric
 from agentrl.report import make_console
-from agentrl.rollout import EpisodeMemory
+from agentrl.rollout import EpisodeMemory, encode_prompt
 
 
 def run_episodes(policy: Any, envs: Any, template: Any, parser: Any, episodes: int, *, seed: int,
-                 greedy: bool, history: int = 0) -> list[dict[str, Any]]:
+                 greedy: bool, history: int = 0, history_images: int = 0,
+                 max_image_tokens: int | None = None) -> list[dict[str, Any]]:
     """Play exactly ``episodes`` episodes (the first that start) on ``envs``; one record per episode.
 
-    Prompts carry the episode's last ``history`` steps, as in training (``prompt.history``).
+    Prompts carry the episode's last ``history`` steps, the last ``history_images`` of them with their
+    image, within ``max_image_tokens``, as in training (``prompt.history``, ``prompt.history_images``,
+    ``prompt.max_image_tokens``).
     """
     rng = np.random.default_rng([seed, 0xE7A1])
     obs = envs.reset(seed)
     n = envs.num_envs
-    memory = EpisodeMemory(n, history)
+    memory = EpisodeMemory(n, history, history_images)
     episode_id = list(range(n))
     next_id, fails = n, [0] * n
     records: dict[int, dict[str, Any]] = {}
     while len(records) < episodes:
         active = [i for i in range(n) if episode_id[i] < episodes]
-        gen = policy.generate([policy.encode(template.messages(obs[i], memory.history(i)), obs[i].image)
+        gen = policy.generate([encode_prompt(policy, template, obs[i], memory.history(i), max_image_tokens)
                                for i in active], greedy=greedy)
         actions = [o.legal_actions[0] for o in obs]  # idle envs: any legal action, never counted
         for i, text in zip(active, gen.texts):
@@ -138,7 +141,9 @@ def evaluate(cfg: Config, checkpoint: str | None, episodes: int, *, greedy: bool
     try:
         with fabric.autocast():
             records = run_episodes(policy, data.envs, data.template, data.parser, episodes, seed=cfg.seed,
-                                   greedy=greedy, history=cfg.prompt.history)
+                                   greedy=greedy, history=cfg.prompt.history,
+                                   history_images=cfg.prompt.history_images,
+                                   max_image_tokens=cfg.prompt.max_image_tokens)
     finally:
         data.envs.close()
     result: dict[str, Any] = {"env": cfg.env.name, "split": "eval", "checkpoint": str(ckpt) if ckpt else None,

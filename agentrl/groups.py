@@ -76,7 +76,8 @@ class GroupRolloutDataModule(RolloutDataModule):
         return cls(
             base.steps_per_env, seed=base.seed, cot=base.cot, failure_penalty=base.failure_penalty,
             score_batch_size=base.score_batch_size, kl_coef=base.kl_coef, logprobs_from=base.logprobs_from,
-            history=base.history, group_size=cfg.rollout.group_size,
+            history=base.history, history_images=base.history_images, max_image_tokens=base.max_image_tokens,
+            group_size=cfg.rollout.group_size,
             episode_cap=cfg.env.max_episode_steps or EPISODE_CAP,
         )
 
@@ -103,7 +104,7 @@ class GroupRolloutDataModule(RolloutDataModule):
         if self._obs is None:
             self._reset()
         self._obs = list(self._obs)
-        self.memory = EpisodeMemory(self.envs.num_envs, self.history)
+        self.memory = EpisodeMemory(self.envs.num_envs, self.history, self.history_images)
         N, G = self.envs.num_envs, self.group_size
         budget = self.steps_per_env * N
         from_generate = self.logprobs_from == "generate"

@@ -40,7 +40,9 @@ class HeldOut:
                 with self.fabric.autocast():
                     records = run_episodes(policy, self.envs, self.template, self.parser, self.episodes,
                                            seed=self.seed, greedy=self.cfg.trainer.eval_greedy,
-                                           history=self.cfg.prompt.history)
+                                           history=self.cfg.prompt.history,
+                                           history_images=self.cfg.prompt.history_images,
+                                           max_image_tokens=self.cfg.prompt.max_image_tokens)
         everyone = [r for part in gather_objects(records, self.fabric.world_size) for r in part]
         s = summarize(everyone)
         out = {"eval/success_rate": s["success_rate"], "eval/return": s["mean_return"],

@@ -113,8 +113,8 @@ class PolicyModule(L.LightningModule):
 
     # ------------------------------------------------------------ acting
 
-    def encode(self, messages: list[dict[str, Any]], image: np.ndarray | None) -> Prompt:
-        """One prompt's processor outputs (see :class:`PromptBatcher`)."""
+    def encode(self, messages: list[dict[str, Any]], image: np.ndarray | list[np.ndarray] | None) -> Prompt:
+        """One prompt's processor outputs (see :class:`PromptBatcher`); ``image``: its image, or its images in order."""
         return self.batcher.encode(messages, image)
 
     def encode_many(self, items: list[tuple[list[dict[str, Any]], np.ndarray | None]]) -> list[Prompt]:

@@ -19,8 +19,13 @@ from typing import Any
 from agentrl.config import ConfigError
 from agentrl.envs.base import EnvObs
 
-Step = tuple[str, str]
-"""One earlier step of an episode, as the prompt may show it: (the observation's text state, the action taken)."""
+Step = tuple
+"""One earlier step of an episode, as the prompt may show it: (the observation's text state, the action
+taken), or with ``prompt.history_images`` (state text, action, the observation's image (H, W, 3) uint8)."""
+
+FRAME = "\x00frame\x00"
+"""Where an earlier step's image goes in the prompt text; :meth:`PromptTemplate.messages` makes each an image item."""
+
 
 
 class PromptTemplate(ABC):
@@ -68,12 +73,19 @@ class PromptTemplate(ABC):
 
         A step's state text shows where the prompt shows text state
         (:meth:`shows_text_state`); otherwise only its action.
+        A step with an image (``prompt.history_images``) shows it before its action, as a
+        :data:`FRAME` placeholder.
         """
         if not history:
             return []
         show_state = self.shows_text_state(obs)
-        lines = [f"- {state} -> {json.dumps(action, ensure_ascii=False)}" if show_state and state
-                 else f"- {json.dumps(action, ensure_ascii=False)}" for state, action in history]
+        lines = []
+        for state, action, *frame in history:
+            seen = f"{FRAME} " if frame and frame[0] is not None else ""
+            if show_state and state:
+                seen += f"{state} "
+            lines.append(f"- {seen}-> {json.dumps(action, ensure_ascii=False)}" if seen
+                         else f"- {json.dumps(action, ensure_ascii=False)}")
         return [f"Your last {len(history)} steps in this episode (state -> action, oldest first):", *lines]
 
     def actions_text(self, obs: EnvObs) -> str:
@@ -98,18 +110,39 @@ class PromptTemplate(ABC):
         the state, legal actions and answer format) or "last". The text before the
         image is what a batch's prompts share, run once by the policy (policy.share_prefix).
         """
+        return self.render(obs, history)[0]
+
+    def render(self, obs: EnvObs, history: Sequence[Step] = ()) -> tuple[list[dict[str, Any]], Any]:
+        """(:meth:`messages`, the images their image items stand for, in order): None without images, the
+        observation's image alone, or a list when earlier steps' images (``prompt.history_images``) come too."""
         text = self.prompt(obs, history)
-        if obs.image is None:
-            return [{"role": "user", "content": [{"type": "text", "text": text}]}]
-        image = {"type": "image"}
+        frames = iter([step[2] for step in history if len(step) > 2 and step[2] is not None])
+        content: list[tuple[dict[str, Any], Any]] = []  # (item, its image)
+
+        def add_text(part: str) -> None:
+            for k, piece in enumerate(part.split(FRAME)):
+                if k:
+                    content.append(({"type": "image"}, next(frames)))
+                if piece:
+                    content.append(({"type": "text", "text": piece}, None))
+
+        image = ({"type": "image"}, obs.image)
         task = self.task_text(obs)
-        if self.image_position == "first":
-            content = [image, {"type": "text", "text": text}]
+        if obs.image is None:
+            add_text(text)
+        elif self.image_position == "first":
+            content.append(image)
+            add_text(text)
         elif self.image_position == "after_task" and text.startswith(task) and len(text) > len(task):
-            content = [{"type": "text", "text": task}, image, {"type": "text", "text": text[len(task):]}]
+            add_text(task)
+            content.append(image)
+            add_text(text[len(task):])
         else:
-            content = [{"type": "text", "text": text}, image]
-        return [{"role": "user", "content": content}]
+            add_text(text)
+            content.append(image)
+        images = [im for item, im in content if item["type"] == "image"]
+        messages = [{"role": "user", "content": [item for item, _ in content]}]
+        return messages, (images[0] if len(images) == 1 else images or None)
 
     def answer(self, fields: dict[str, Any]) -> str:
         """The JSON answer for expert ``fields`` (keys in format order, ending with "action")."""

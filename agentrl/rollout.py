@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ from torch import Tensor
 
 from agentrl import ppo
 from agentrl.batching import Prompt
+from agentrl.config import ConfigError
 from agentrl.envs.base import EnvModule, EnvObs, EpisodeStats
 from agentrl.parsing import ActionParser, action_span_start
 from agentrl.policy import PolicyModule
@@ -97,17 +98,48 @@ def _collapse(text: str) -> str:
     return re.sub(r"(<[^<>\s]{1,40}>)\1{3,}", lambda m: f"{m.group(1)} x{len(m.group(0)) // len(m.group(1))}", text)
 
 
+def has_frames(history: list[Step]) -> bool:
+    """Whether any earlier step carries its image (``prompt.history_images``)."""
+    return any(len(step) > 2 for step in history)
+
+
+def encode_prompt(policy: PolicyModule, template: PromptTemplate, obs: EnvObs, history: Sequence[Step] = (),
+                  max_image_tokens: int | None = None) -> Prompt:
+    """The policy's input for ``obs`` after ``history``, within ``max_image_tokens`` (``prompt.max_image_tokens``).
+
+    Earlier steps' images that would take the prompt past the budget are left
+    out, oldest first, each with its image tokens and pixel values (the step
+    stays, as text). The observation's own image is never left out: a budget
+    below it is a :class:`ConfigError`.
+    """
+    history = list(history)
+    while True:
+        prompt = policy.encode(*template.render(obs, history))
+        if max_image_tokens is None:
+            return prompt
+        used = policy.batcher.image_tokens(prompt)
+        if used <= max_image_tokens:
+            return prompt
+        framed = [k for k, step in enumerate(history) if len(step) > 2]
+        if not framed:
+            raise ConfigError(f"prompt.max_image_tokens={max_image_tokens} is below the {used} image tokens of the "
+                              f"observation's own image: raise it (or set null for no budget)")
+        history[framed[0]] = tuple(history[framed[0]][:2])
+
+
 class EpisodeMemory:
     """What the prompt may see of earlier steps: per env slot, the current episode's last ``keep`` steps.
 
-    A step is (the observation's text state, the action taken). A slot is
-    cleared when its episode ends; ``keep=0`` remembers nothing (the prompt
-    sees the current observation only). Saved with the data module's state, so
-    a resumed run sees the same prompts.
+    A step is (the observation's text state, the action taken); the last
+    ``frames`` of them also keep the observation's image (``prompt.history_images``).
+    A slot is cleared when its episode ends; ``keep=0`` remembers nothing (the
+    prompt sees the current observation only). Saved with the data module's
+    state, so a resumed run sees the same prompts.
     """
 
-    def __init__(self, num_envs: int, keep: int) -> None:
+    def __init__(self, num_envs: int, keep: int, frames: int = 0) -> None:
         self.keep = keep
+        self.frames = min(frames, keep)
         self.slots: list[list[Step]] = [[] for _ in range(num_envs)]
 
     def history(self, slot: int) -> list[Step]:
@@ -115,7 +147,14 @@ class EpisodeMemory:
 
     def record(self, slot: int, obs: EnvObs, action: str) -> None:
         if self.keep:
-            self.slots[slot] = [*self.slots[slot], (obs.text, action)][-self.keep :]
+            step = (obs.text, action, obs.image) if self.frames and obs.image is not None else (obs.text, action)
+            self.slots[slot] = self._cut([*self.slots[slot], step])
+
+    def _cut(self, steps: list[Step]) -> list[Step]:
+        """The last ``keep`` steps, images kept on the last ``frames`` of them only."""
+        steps = steps[-self.keep :] if self.keep else []
+        older = len(steps) - self.frames
+        return [tuple(step[:2]) if k < older else tuple(step) for k, step in enumerate(steps)]
 
     def clear(self, slot: int) -> None:
         self.slots[slot] = []
@@ -124,9 +163,9 @@ class EpisodeMemory:
         return [list(s) for s in self.slots]
 
     def load_state_dict(self, state: list[list[Step]] | None) -> None:
-        """Restore saved slots, each cut to this memory's ``keep`` (a resume may lower prompt.history)."""
+        """Restore saved slots, each cut to this memory's ``keep`` and ``frames`` (a resume may lower them)."""
         if state is not None:
-            self.slots = [[tuple(step) for step in s][-self.keep :] if self.keep else [] for s in state]
+            self.slots = [self._cut([tuple(step) for step in s]) for s in state]
 
 
 class RolloutDataModule:
@@ -144,6 +183,8 @@ class RolloutDataModule:
         log_samples: int = 4,
         logprobs_from: str = "generate",
         history: int = 0,
+        history_images: int = 0,
+        max_image_tokens: int | None = None,
     ) -> None:
         self.steps_per_env = steps_per_env
         self.seed = seed
@@ -154,6 +195,8 @@ class RolloutDataModule:
         self.log_samples = log_samples
         self.logprobs_from = logprobs_from  # "generate": old log-probs and values from the sampling pass
         self.history = history
+        self.history_images = history_images
+        self.max_image_tokens = max_image_tokens
         self.rng = np.random.default_rng(seed)  # random legal action on a parse failure
         self._obs: list[EnvObs] | None = None
         self._prompts: list[Prompt] | None = None  # encoded self._obs, kept from the last bootstrap
@@ -165,22 +208,26 @@ class RolloutDataModule:
             cfg.steps_per_env(world_size), seed=cfg.seed + 100_003 * rank, cot=cfg.prompt.cot,
             failure_penalty=cfg.parser.failure_penalty, score_batch_size=cfg.ppo.micro_batch_size,
             kl_coef=cfg.policy.kl_coef, logprobs_from=cfg.logprobs_from, history=cfg.prompt.history,
+            history_images=cfg.prompt.history_images, max_image_tokens=cfg.prompt.max_image_tokens,
         )
 
     def connect(self, policy: PolicyModule, envs: EnvModule, template: PromptTemplate,
                 parser: ActionParser) -> None:
         """Late binding: the trainer builds these, the data module drives them."""
         self.policy, self.envs, self.template, self.parser = policy, envs, template, parser
-        self.memory = EpisodeMemory(envs.num_envs, self.history)
+        self.memory = EpisodeMemory(envs.num_envs, self.history, self.history_images)
 
     def encode(self, obs: EnvObs, history: list[Step] | None = None) -> Prompt:
-        return self.policy.encode(self.template.messages(obs, history or ()), obs.image)
+        return encode_prompt(self.policy, self.template, obs, history or (), self.max_image_tokens)
 
     def encode_all(self, obs: list[EnvObs], slots: list[int] | None = None) -> list[Prompt]:
         """Prompts of ``obs``, observation k in env slot ``slots[k]`` (default k) with that slot's history."""
         slots = list(range(len(obs))) if slots is None else slots
-        return self.policy.encode_many([(self.template.messages(o, self.memory.history(i)), o.image)
-                                        for o, i in zip(obs, slots)])
+        histories = [self.memory.history(i) for i in slots]
+        if any(has_frames(h) for h in histories):  # several images per prompt: one processor call each
+            return [encode_prompt(self.policy, self.template, o, h, self.max_image_tokens)
+                    for o, h in zip(obs, histories)]
+        return self.policy.encode_many([self.template.render(o, h) for o, h in zip(obs, histories)])
 
     def current_prompts(self) -> list[Prompt]:
         """Prompts of the envs' current observations (resetting them on first use)."""
@@ -190,7 +237,7 @@ class RolloutDataModule:
 
     def _reset(self) -> None:
         self._obs = self.envs.reset(self.seed)
-        self.memory = EpisodeMemory(self.envs.num_envs, self.history)
+        self.memory = EpisodeMemory(self.envs.num_envs, self.history, self.history_images)
 
     def for_log(self, obs: list[EnvObs], texts: list[str], prompts: list[Prompt]) -> list[tuple[EnvObs, str, str]]:
         """The first ``log_samples`` (observation, answer, prompt text): the prompt decoded from its token ids

@@ -24,7 +24,7 @@ Data (``sft.data``):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +44,17 @@ class Example:
 
     messages: list[dict[str, Any]]
     """Chat messages of the prompt (one user turn)."""
-    image: np.ndarray | None
-    """RGB image (H, W, 3) uint8, or None."""
+    image: np.ndarray | list[np.ndarray] | None
+    """RGB image (H, W, 3) uint8, or None; a list of the messages' images in order where earlier steps'
+    images come too (``prompt.history_images``)."""
     answer: str
     """Target text of the assistant turn."""
     obs: EnvObs | None = None
     """The observation it was made from (expert data), for tests and readout checks."""
     expert_action: str | None = None
     """The expert's own action (expert data); differs from the answer's with probability sft.noise."""
+    history: list[Any] = field(default_factory=list)
+    """The earlier steps the prompt shows (expert data), so a budget of image tokens can leave images out."""
 
 
 def make_template(cfg: Config) -> PromptTemplate:
@@ -69,7 +72,7 @@ def expert_examples(cfg: Config, n: int, *, split: str = "train", seed: int | No
     seed = cfg.seed if seed is None else seed
     rng = np.random.default_rng([seed, 0x5F7])
     envs = parts.make_env(cfg, split)
-    memory = EpisodeMemory(envs.num_envs, cfg.prompt.history)
+    memory = EpisodeMemory(envs.num_envs, cfg.prompt.history, cfg.prompt.history_images)
     out: list[Example] = []
     try:
         obs = envs.reset(seed)
@@ -81,8 +84,8 @@ def expert_examples(cfg: Config, n: int, *, split: str = "train", seed: int | No
                 others = [a for a in o.legal_actions if a != expert]
                 if others and rng.random() < cfg.sft.noise:
                     fields["action"] = others[rng.integers(len(others))]
-                out.append(Example(template.messages(o, memory.history(i)), o.image, template.answer(fields), o,
-                                   expert))
+                messages, images = template.render(o, memory.history(i))
+                out.append(Example(messages, images, template.answer(fields), o, expert, memory.history(i)))
                 explore = rng.random() < cfg.sft.explore
                 actions.append(o.legal_actions[rng.integers(len(o.legal_actions))] if explore else expert)
             step = envs.step(actions)
@@ -189,7 +192,10 @@ def perception(example: Example) -> Example:
     """The warm-up form of ``example``: the image alone as prompt, and as answer only the fields read
     from it (the JSON keys before "thoughts", e.g. NumberLine's numbers); the whole answer when it has none.
     """
-    messages = [{**m, "content": [c for c in m["content"] if c.get("type") == "image"]} for m in example.messages]
+    messages = [{**m, "content": [c for c in m["content"] if c.get("type") == "image"][:1]} for m in example.messages]
+    image = example.image  # the observation's own, never earlier steps' (prompt.history_images)
+    if isinstance(image, list):
+        image = example.obs.image if example.obs is not None else image[-1]
     answer = example.answer
     try:
         fields = json.loads(answer)
@@ -200,4 +206,4 @@ def perception(example: Example) -> Example:
         seen = {k: fields[k] for k in keys[: keys.index("thoughts")]}
         if seen:
             answer = json.dumps(seen, ensure_ascii=False)
-    return replace(example, messages=messages, answer=answer)
+    return replace(example, messages=messages, image=image, answer=answer, history=[])

@@ -4,9 +4,10 @@ import copy
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
-from agentrl.config import load_config
+from agentrl.config import ConfigError, load_config
 from agentrl.decoding import Generation
 from agentrl.envs.base import EnvObs, EnvStep
 from agentrl.fit import build
@@ -14,6 +15,7 @@ from agentrl.parsing import ParseResult, action_span_start
 from agentrl.prompts import AlfworldTemplate, GymCardsTemplate
 from agentrl.rollout import EpisodeMemory
 from agentrl.sft import expert_examples
+from agentrl.sft_data import perception
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["env.num_envs=2", "rollout.steps_per_update=4", "ppo.minibatch_size=4", "ppo.micro_batch_size=2",
@@ -203,3 +205,96 @@ def test_expert_sft_examples_carry_the_same_history(tiny_path):
     assert with_history  # some step followed another of its episode
     for k in with_history:  # explore=0, noise=0: the step taken was the expert's action of the example before
         assert f'- "{examples[k - 1].expert_action}"' in texts[k]
+
+
+def frame(value: int) -> np.ndarray:
+    return np.full((8, 8, 3), value, dtype=np.uint8)
+
+
+def test_episode_memory_keeps_images_of_the_last_m_steps_only():
+    memory = EpisodeMemory(num_envs=1, keep=3, frames=2)
+    obs = [EnvObs(image=frame(k), text=f"s{k}", legal_actions=["a"], env_id="x") for k in range(4)]
+    for k in range(4):
+        memory.record(0, obs[k], f"a{k}")
+    steps = memory.history(0)
+    assert [s[:2] for s in steps] == [("s1", "a1"), ("s2", "a2"), ("s3", "a3")]
+    assert len(steps[0]) == 2 and [int(s[2][0, 0, 0]) for s in steps[1:]] == [2, 3]
+    fewer = EpisodeMemory(1, 3, frames=1)  # a resume with a lower prompt.history_images
+    fewer.load_state_dict(memory.state_dict())
+    assert [len(s) for s in fewer.history(0)] == [2, 2, 3]
+    text_only = EpisodeMemory(1, 3, frames=0)
+    text_only.load_state_dict(memory.state_dict())
+    assert [len(s) for s in text_only.history(0)] == [2, 2, 2]
+    memory.clear(0)
+    assert memory.history(0) == []
+
+
+def test_templates_put_each_earlier_image_before_its_action_in_order():
+    obs = EnvObs(image=frame(9), text="Target: 3, Current: 2", legal_actions=["-", "+"], env_id="numberline")
+    history = [("Target: 3, Current: 0", "+"), ("Target: 3, Current: 0", "+", frame(1)),
+               ("Target: 3, Current: 1", "+", frame(2))]
+    for position, current_first in (("first", True), ("after_task", True), ("last", False)):
+        messages, images = GymCardsTemplate(image_position=position).render(obs, history)
+        content = messages[0]["content"]
+        assert [c["type"] for c in content].count("image") == 3 and len(images) == 3
+        assert [int(im[0, 0, 0]) for im in images] == ([9, 1, 2] if current_first else [1, 2, 9])
+        text = "".join(c.get("text", "<IMG>") for c in content)
+        assert "\x00" not in text
+        assert '- "+"\n- <IMG> -> "+"\n- <IMG> -> "+"' in text  # the oldest step kept no image
+    plain = [(s[0], s[1]) for s in history]
+    assert GymCardsTemplate().render(obs, plain) == (GymCardsTemplate().messages(obs, plain), obs.image)
+
+
+def image_prompt_cfg(*extra):
+    return load_config(ROOT / "conf/numberline.yaml", [*SMALL, "prompt.history=3", "prompt.history_images=2",
+                                                       "rollout.steps_per_update=12", *extra])
+
+
+def test_rollout_prompts_carry_the_last_steps_images_with_their_tokens(tiny_path):
+    """Each earlier image comes with its own image tokens and pixel rows; scoring the prompts matches sampling."""
+    policy, data = build(image_prompt_cfg())
+    per_image = policy.batcher.image_tokens(data.encode(data.envs.reset(0)[0]))
+    rollout = data.collect()
+    data.envs.close()
+    counts = {(policy.batcher.image_tokens(p), p["pixel_values"].shape[0]) for p in rollout.prompts}
+    assert counts == {(per_image * k, k) for k in (1, 2, 3)}  # 0, 1 or 2 earlier images beside the current
+    picked = [b for b, p in enumerate(rollout.prompts) if p["pixel_values"].shape[0] > 1][:4]
+    inputs = policy.collate_train([rollout.prompts[b] for b in picked], [rollout.gen_ids[b] for b in picked],
+                                  [rollout.weights[b] for b in picked])
+    policy.eval()
+    with torch.no_grad():
+        token_logp, _, _ = policy(inputs)
+    for k, b in enumerate(picked):  # the update scores what was sampled, images and all
+        torch.testing.assert_close(token_logp[k, : len(rollout.gen_ids[b])], rollout.token_logp[b],
+                                   atol=2e-4, rtol=1e-4)
+
+
+def test_a_budget_of_image_tokens_leaves_the_oldest_images_out(tiny_path):
+    policy, data = build(image_prompt_cfg())
+    obs = data.envs.reset(0)
+    data.envs.close()
+    per_image = policy.batcher.image_tokens(data.encode(obs[0]))
+    history = [("s", "+", frame(1)), ("s", "-", frame(2))]
+    data.max_image_tokens = 2 * per_image
+    prompt = data.encode(obs[0], history)
+    assert policy.batcher.image_tokens(prompt) == 2 * per_image and prompt["pixel_values"].shape[0] == 2
+    expected = policy.encode(*data.template.render(obs[0], [("s", "+"), history[1]]))  # the oldest kept as text
+    assert torch.equal(prompt["input_ids"], expected["input_ids"])
+    assert torch.equal(prompt["pixel_values"], expected["pixel_values"])
+    data.max_image_tokens = per_image - 1
+    with pytest.raises(ConfigError, match=rf"prompt.max_image_tokens={per_image - 1} is below the {per_image} image"):
+        data.encode(obs[0], history)
+
+
+def test_history_images_above_history_is_refused():
+    with pytest.raises(ConfigError, match=r"prompt.history_images=3 .* prompt.history=2 lists fewer"):
+        load_config(ROOT / "conf/numberline.yaml", ["prompt.history=2", "prompt.history_images=3"])
+
+
+def test_expert_sft_examples_carry_earlier_images_and_resume_keeps_them(tiny_path):
+    cfg = image_prompt_cfg("env.num_envs=1", "sft.explore=0")
+    examples = expert_examples(cfg, 6)
+    sizes = [1 if not isinstance(ex.image, list) else len(ex.image) for ex in examples]
+    assert sizes[0] == 1 and max(sizes) == 3
+    warm = perception(examples[sizes.index(3)])
+    assert warm.image is examples[sizes.index(3)].obs.image and len(warm.messages[0]["content"]) == 1

@@ -92,11 +92,19 @@ class PromptConfig:
     """Also write the text state (numbers, formula) into the prompt, not only the image."""
     history: int = 0
     """Earlier steps of the current episode shown in the prompt: the last K (state, action) pairs as text; 0 shows the current observation only."""
+    history_images: int = 0
+    """Image envs: the last M of those K steps also show the image the agent saw then (M <= prompt.history; each costs its image tokens; needs a model whose processor takes several images per prompt)."""
+    max_image_tokens: int | None = None
+    """The most image tokens one prompt may hold: earlier steps' images that would pass it are left out, oldest first (tokens and pixel values together; the step stays as text); None: no budget."""
     image_position: str = "first"
     """Where the image goes in the user turn: "first" (as the paper's LLaVA prompts; the tiny model reads it best there), "after_task" (after the task description) or "last"; the text before it is what a batch's prompts share (policy.share_prefix)."""
 
     def __post_init__(self) -> None:
-        check_ranges("prompt.", self, history=">= 0")
+        check_ranges("prompt.", self, history=">= 0", history_images=">= 0", max_image_tokens="None or >= 1")
+        if self.history_images > self.history:
+            raise ConfigError(f"prompt.history_images={self.history_images} shows images of earlier steps the prompt "
+                              f"lists, and prompt.history={self.history} lists fewer: set prompt.history>="
+                              f"{self.history_images} or lower prompt.history_images")
         if self.image_position not in IMAGE_POSITIONS:
             raise ConfigError(f"prompt.image_position must be one of {', '.join(IMAGE_POSITIONS)}, "
                               f"got {self.image_position!r}")

@@ -26,12 +26,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from agentrl.batching import Prompt
-from agentrl.checkpoint import run_meta, save_checkpoint
+from agentrl.checkpoint import load_trainable, resolve_resume, run_meta, save_checkpoint
 from agentrl.config import Config, ConfigError, to_yaml
 from agentrl.distributed import make_fabric
 from agentrl.policy import PolicyModule
+from agentrl.prompts import PromptTemplate
 from agentrl.registry import Components
 from agentrl.report import make_console
+from agentrl.rollout import encode_prompt, has_frames
 from agentrl.sft_data import MAX_FIELD_CHARS as MAX_FIELD_CHARS  # re-exported: the data API lived here
 from agentrl.sft_data import Example, load_examples, perception
 from agentrl.sft_data import expert_examples as expert_examples
@@ -57,12 +59,19 @@ class Encoded:
     answer_ids: Tensor
 
 
-def encode(policy: PolicyModule, examples: list[Example]) -> list[Encoded]:
+def encode(policy: PolicyModule, examples: list[Example], template: PromptTemplate | None = None,
+           max_image_tokens: int | None = None) -> list[Encoded]:
+    """Process ``examples``; expert ones whose earlier steps carry images stay within ``max_image_tokens``
+    (``prompt.max_image_tokens``, rendered again by ``template``) as rollouts do."""
     tok = policy.tokenizer
     out = []
     for ex in examples:
         ids = tok(ex.answer, add_special_tokens=False).input_ids + [policy.sampler.eos_id]
-        out.append(Encoded(policy.encode(ex.messages, ex.image), torch.tensor(ids, dtype=torch.long)))
+        if template is not None and max_image_tokens is not None and ex.obs is not None and has_frames(ex.history):
+            prompt = encode_prompt(policy, template, ex.obs, ex.history, max_image_tokens)
+        else:
+            prompt = policy.encode(ex.messages, ex.image)
+        out.append(Encoded(prompt, torch.tensor(ids, dtype=torch.long)))
     return out
 
 
@@ -223,9 +232,13 @@ def sft(cfg: Config, argv: list[str] | None = None) -> Path:
     examples = load_examples(cfg)
     console.log(f"sft: {len(examples)} examples from {cfg.sft.data}; e.g. {examples[0].answer}")
     warmup = encode(policy, [perception(e) for e in examples]) if cfg.sft.perception_epochs else None
+    template, budget = make_template(cfg), cfg.prompt.max_image_tokens
     if fabric.world_size > 1:  # DDP needs every trainable parameter to get a gradient
-        policy.to(fabric.device).freeze_unreachable(encode(policy, examples[:1])[0].prompt)
-    metrics = train(policy, encode(policy, examples), cfg, console, warmup, fabric=fabric)
+        policy.to(fabric.device).freeze_unreachable(encode(policy, examples[:1], template, budget)[0].prompt)
+    if cfg.policy.init_from:  # continue from an earlier sft or fit checkpoint's weights (after the freeze, as fit)
+        load_trainable(policy, resolve_resume(cfg.policy.init_from, "policy.init_from"), value_head=False)
+        console.log(f"sft: starting from the weights of {cfg.policy.init_from}")
+    metrics = train(policy, encode(policy, examples, template, budget), cfg, console, warmup, fabric=fabric)
     logger.finalize("success")
     meta = run_meta(list(argv or sys.argv))
     state = {"format_version": 1, "kind": "sft", "update": 0, "metrics": metrics}

@@ -229,3 +229,17 @@ def test_mixed_image_and_text_rows_train_in_one_batch(tmp_path, tiny_path):
     policy = S.build_policy(cfg)
     metrics = S.train(policy, S.encode(policy, S.load_examples(cfg)), cfg)
     assert metrics["steps"] == 1 and metrics["loss"] > 0
+
+
+def test_sft_continues_from_policy_init_from(tmp_path, tiny_path):
+    """policy.init_from was ignored by sft (it trained from the base weights again)."""
+    common = [*SMALL, "model.finetune=lora", "model.lora.r=4", "model.lora.alpha=8", "sft.examples=16",
+              "sft.epochs=1", "sft.batch_size=8"]
+    first = S.sft(load_config(NL, [*common, "sft.lr=1e-3", f"trainer.out_dir={tmp_path / 'a'}"]), argv=["test"])
+    again = S.sft(load_config(NL, [*common, "sft.lr=1e-12", "sft.vision_lr=1e-12", f"policy.init_from={first}",
+                                   f"trainer.out_dir={tmp_path / 'b'}"]), argv=["test"])
+    before = torch.load(first / "trainable.pt", weights_only=True)
+    after = torch.load(again / "trainable.pt", weights_only=True)
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        torch.testing.assert_close(after[k], v, atol=1e-6, rtol=0)

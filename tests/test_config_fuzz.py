@@ -72,4 +72,6 @@ def test_fuzzed_overrides_exit_0_or_2_never_a_traceback(capsys):
         else:
             assert out.startswith("model:") and not err, (case, overrides, out[:200], err)
         codes.append(code)
-    assert codes.count(0) > CASES // 10 and codes.count(2) > CASES // 2  # both paths are exercised
+    # Both paths are exercised. The valid share moves with every key added to the schema (the draws shift), so the
+    # floor is 5%: far above zero, not a coin toss on the seed (a new key took it from >10% to 9.1%).
+    assert codes.count(0) > CASES // 20 and codes.count(2) > CASES // 2, (codes.count(0), codes.count(2))

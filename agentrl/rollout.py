@@ -130,7 +130,7 @@ def encode_prompt(policy: PolicyModule, template: PromptTemplate, obs: EnvObs, h
 class EpisodeMemory:
     """What the prompt may see of earlier steps: per env slot, the current episode's last ``keep`` steps.
 
-    A step is (the observation's text state, the action taken); the last
+    A step is (the observation's text state, or its ``recap`` where it has one, and the action taken); the last
     ``frames`` of them also keep the observation's image (``prompt.history_images``).
     A slot is cleared when its episode ends; ``keep=0`` remembers nothing (the
     prompt sees the current observation only). Saved with the data module's
@@ -147,7 +147,8 @@ class EpisodeMemory:
 
     def record(self, slot: int, obs: EnvObs, action: str) -> None:
         if self.keep:
-            step = (obs.text, action, obs.image) if self.frames and obs.image is not None else (obs.text, action)
+            state = obs.text if obs.recap is None else obs.recap
+            step = (state, action, obs.image) if self.frames and obs.image is not None else (state, action)
             self.slots[slot] = self._cut([*self.slots[slot], step])
 
     def _cut(self, steps: list[Step]) -> list[Step]:

@@ -33,6 +33,9 @@ class EnvObs:
     """The goal in words, for tasks that have one (ALFWorld); empty otherwise."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Game facts for templates and logging (cards, target, task type, ...)."""
+    recap: str | None = None
+    """What an earlier step shows of this observation in a later prompt (``prompt.history``); None: ``text``.
+    ALFWorld's is the step's feedback alone: the room's description is in every observation already."""
 
 
 @dataclass

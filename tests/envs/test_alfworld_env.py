@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from agentrl.config import ConfigError, EnvConfig  # noqa: E402
 from agentrl.envs.alfworld import AlfworldModule, generate  # noqa: E402
 from agentrl.envs.alfworld.scene import draw_scene  # noqa: E402
 from agentrl.envs.alfworld.state import SceneState  # noqa: E402
+from agentrl.prompts import AlfworldTemplate  # noqa: E402
+from agentrl.rollout import EpisodeMemory  # noqa: E402
 
 TYPES = {"pick", "look", "clean", "heat", "cool", "pick2"}
 
@@ -76,6 +79,34 @@ def test_expert_wins_auto_resets_and_reports_task_type(data: str) -> None:
                 assert ep.task_type in TYPES and ep.length >= 1
             assert all(o.image is None for o in out.obs)  # text-only mode
         assert any(ep.success for ep in ended)
+    finally:
+        module.close()
+
+
+def test_history_shows_what_each_step_added_not_the_room_again(data: str) -> None:
+    """prompt.history on ALFWorld: the room's description once (the current observation), each earlier
+    step by the feedback it saw and the command taken; the room repeated per step made prompts of history 4
+    pass the tiny model's 2048 positions."""
+    module = _module(data, image="none")
+    template = AlfworldTemplate(cot=True)
+    memory = EpisodeMemory(2, keep=4)
+    try:
+        obs = module.reset(seed=0)
+        seen = [[], []]
+        for _ in range(3):
+            actions = [f["action"] for f in module.expert_fields()]
+            for i, (o, a) in enumerate(zip(obs, actions)):
+                memory.record(i, o, a)
+                seen[i].append(o)
+            obs = module.step(actions).obs
+        for i, o in enumerate(obs):
+            prompt = template.prompt(o, memory.history(i))
+            room = o.text.split("\n\n")[0]
+            assert prompt.count(room) == 1, prompt
+            lines = prompt.split("oldest first):\n")[1].split("\n")[:3]
+            assert lines[0] == f'- {json.dumps(memory.history(i)[0][1])}'  # the first step saw only the room
+            for line, (state, action), earlier in zip(lines[1:], memory.history(i)[1:], seen[i][1:]):
+                assert state and earlier.text.endswith(state) and line == f"- {state} -> {json.dumps(action)}"
     finally:
         module.close()
 

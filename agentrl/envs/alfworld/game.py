@@ -112,6 +112,7 @@ class AlfworldGame:
         return EnvObs(
             image=image,
             text=text,
+            recap=feedback,  # what this step adds to the room's description, for later prompts' history
             legal_actions=list(self.state["admissible_commands"]),
             env_id=ENV_ID,
             task=self.task,

@@ -177,6 +177,10 @@ def export_hf(policy: Any, out: Path, weights: dict[str, torch.Tensor] | None = 
     torch.save(head, out / "value_head.pt")
 
 
+EXPORT_MARK = "EXPORTED_FROM"
+"""The file that marks a folder ``agentrl export`` wrote, which a later export may replace."""
+
+
 def export_checkpoint(checkpoint: str, out: str | None = None) -> Path:
     """``agentrl export``: a checkpoint's full files (trainable.pt, adapter/ or model/, value_head.pt, config.yaml)
     in ``out`` [default: CHECKPOINT/export], written atomically; the way to share or convert a sharded one.
@@ -189,15 +193,26 @@ def export_checkpoint(checkpoint: str, out: str | None = None) -> Path:
     ckpt = resolve_resume(checkpoint, "--checkpoint")
     if not (ckpt / "config.yaml").is_file():
         raise ConfigError(f"--checkpoint {ckpt}: no config.yaml there to build the model from")
+    dest = ckpt / "export" if out is None else Path(out).expanduser()
+    where = dest.resolve()
+    if where == ckpt.resolve() or ckpt.resolve().is_relative_to(where):
+        raise ConfigError(f"--out {out}: it holds the checkpoint {ckpt}, which the export would replace; "
+                          f"pass another folder")
+    if where.is_dir() and any(where.iterdir()) and not (where / EXPORT_MARK).is_file():
+        raise ConfigError(f"--out {out}: {where} exists and is not an earlier export (no {EXPORT_MARK}); "
+                          f"pass a new or empty folder, or remove it")
     cfg = load_config(ckpt / "config.yaml")
     policy = Components.resolve(cfg).make_policy(cfg)
-    load_trainable(policy, ckpt)
-    dest = ckpt / "export" if out is None else Path(out).expanduser()
+    state = read_trainable(ckpt)
+    load_trainable(policy, ckpt, value_head=False, state=state, all_trainable=False)
     tmp = begin_checkpoint(dest)
     try:
-        torch.save(trainable_state(policy), tmp / "trainable.pt")
+        torch.save(state, tmp / "trainable.pt")  # what the checkpoint holds, whole, and nothing else
         export_hf(policy, tmp)
+        if not any(n.startswith("value_head.") for n in state):  # an sft checkpoint: no head was trained
+            (tmp / "value_head.pt").unlink()
         shutil.copy(ckpt / "config.yaml", tmp / "config.yaml")
+        (tmp / EXPORT_MARK).write_text(f"agentrl export of {ckpt.resolve()}\n")
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)
@@ -255,27 +270,35 @@ def resolve_resume(path: str, key: str = "trainer.resume") -> Path:
     )
 
 
+def read_trainable(ckpt: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's trainable weights by name, full tensors: its trainable.pt, or its shards."""
+    path = Path(ckpt) / "trainable.pt"
+    if not path.exists() and (Path(ckpt) / SHARDED_DIR).is_dir():  # trainer.checkpoint_format=sharded
+        path = Path(ckpt) / SHARDED_DIR
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() \
+            else read_sharded_weights(path)
+    except Exception as e:  # missing, truncated or corrupt
+        raise ConfigError(f"checkpoint file {path} does not load ({type(e).__name__}: {e}); "
+                          f"it is damaged: use an earlier checkpoint") from None
+
+
 def load_trainable(policy: torch.nn.Module, ckpt: Path, value_head: bool = True,
-                   state: dict[str, torch.Tensor] | None = None) -> None:
+                   state: dict[str, torch.Tensor] | None = None, all_trainable: bool = True) -> None:
     """Load trainable.pt (or ``state``, already loaded from it) into ``policy``; every trainable parameter
     must be present with its shape.
 
     ``value_head=False`` (``policy.init_from``, eval) also accepts a checkpoint without the value
     head, such as sft's (the policy keeps its fresh one), and a policy without one (critic-free) ignores
-    the checkpoint's.
+    the checkpoint's. ``all_trainable=False`` (export, on a policy built without fit's reachability probe)
+    lets trainable parameters the checkpoint lacks keep their base weights: fit froze and never saved them.
     """
     if state is None:
-        path = Path(ckpt) / "trainable.pt"
-        if not path.exists() and (Path(ckpt) / SHARDED_DIR).is_dir():  # trainer.checkpoint_format=sharded
-            path = Path(ckpt) / SHARDED_DIR
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() \
-                else read_sharded_weights(path)
-        except Exception as e:  # missing, truncated or corrupt
-            raise ConfigError(f"checkpoint file {path} does not load ({type(e).__name__}: {e}); "
-                              f"it is damaged: use an earlier checkpoint") from None
+        state = read_trainable(ckpt)
     params = dict(policy.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
+    if not all_trainable:
+        expected &= set(state)
     if not value_head:  # a critic-free policy started from a checkpoint with a value head: the head is not used
         state = {n: t for n, t in state.items() if not n.startswith("value_head.") or n in params}
     if not value_head and not any(n.startswith("value_head.") for n in state):

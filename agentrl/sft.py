@@ -236,7 +236,9 @@ def sft(cfg: Config, argv: list[str] | None = None) -> Path:
     if fabric.world_size > 1:  # DDP needs every trainable parameter to get a gradient
         policy.to(fabric.device).freeze_unreachable(encode(policy, examples[:1], template, budget)[0].prompt)
     if cfg.policy.init_from:  # continue from an earlier sft or fit checkpoint's weights (after the freeze, as fit)
-        load_trainable(policy, resolve_resume(cfg.policy.init_from, "policy.init_from"), value_head=False)
+        # a fit checkpoint lacks what fit froze as unreachable: those keep the base weights fit never changed
+        load_trainable(policy, resolve_resume(cfg.policy.init_from, "policy.init_from"), value_head=False,
+                       all_trainable=False)
         console.log(f"sft: starting from the weights of {cfg.policy.init_from}")
     metrics = train(policy, encode(policy, examples, template, budget), cfg, console, warmup, fabric=fabric)
     logger.finalize("success")

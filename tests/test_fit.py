@@ -230,3 +230,34 @@ def test_fit_collects_in_eval_mode_and_updates_in_train_mode(tmp_path, tiny_path
     fit(load_config(ROOT / "conf/numberline.yaml", [*SMALL, "trainer.max_updates=2", "trainer.image_log_every=0",
                                                     f"trainer.out_dir={tmp_path}"]))
     assert seen == [("collect", False), ("update", True)] * 2
+
+
+def test_export_of_a_full_fine_tune_and_where_it_may_write(tmp_path, tiny_path):
+    """agentrl export of a full fine-tune fit checkpoint, which lacks what fit froze as unreachable (it refused
+    it: "trainable parameters missing"); --out never replaces the checkpoint, its run or a folder not an export."""
+    from transformers import AutoModelForImageTextToText
+
+    from agentrl.checkpoint import export_checkpoint
+    from agentrl.config import ConfigError
+
+    run = tmp_path / "run"
+    fit(load_config(ROOT / "conf/numberline.yaml", [*SMALL, "trainer.max_updates=1", f"trainer.out_dir={run}"]))
+    ckpt = run / "checkpoints" / "update_000001"
+    saved = trainable(ckpt)
+    dest = export_checkpoint(str(ckpt))
+    assert dest == ckpt / "export"
+    exported = torch.load(dest / "trainable.pt", weights_only=True)
+    assert exported.keys() == saved.keys() and all(torch.equal(exported[k], saved[k]) for k in saved)
+    hf = dict(AutoModelForImageTextToText.from_pretrained(dest / "model").named_parameters())
+    model_keys = [k for k in saved if k.startswith("model.")]
+    assert model_keys and all(torch.equal(hf[k.removeprefix("model.")], saved[k]) for k in model_keys)
+    assert export_checkpoint(str(ckpt)) == dest  # an earlier export is replaced
+    for out in (run, ckpt, run / "checkpoints"):
+        with pytest.raises(ConfigError, match="holds the checkpoint"):
+            export_checkpoint(str(ckpt), str(out))
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is not an earlier export"):
+        export_checkpoint(str(ckpt), str(other))
+    assert (other / "keep.txt").read_text() == "mine" and trainable(ckpt).keys() == saved.keys()

@@ -243,3 +243,32 @@ def test_sft_continues_from_policy_init_from(tmp_path, tiny_path):
     assert before.keys() == after.keys()
     for k, v in before.items():
         torch.testing.assert_close(after[k], v, atol=1e-6, rtol=0)
+
+
+def test_export_of_an_sft_checkpoint_writes_no_value_head(tmp_path, tiny_path):
+    """sft trains no value head; agentrl export refused its checkpoint (the fresh head counted as missing)."""
+    from agentrl.checkpoint import export_checkpoint
+
+    ckpt = S.sft(load_config(NL, [*SMALL, "model.finetune=lora", "model.lora.r=4", "model.lora.alpha=8",
+                                  "sft.examples=16", "sft.epochs=1", "sft.batch_size=8",
+                                  f"trainer.out_dir={tmp_path / 'a'}"]), argv=["test"])
+    saved = torch.load(ckpt / "trainable.pt", weights_only=True)
+    dest = export_checkpoint(str(ckpt), str(tmp_path / "out"))
+    exported = torch.load(dest / "trainable.pt", weights_only=True)
+    assert exported.keys() == saved.keys() and all(torch.equal(exported[k], saved[k]) for k in saved)
+    assert (dest / "adapter").is_dir() and not (dest / "value_head.pt").exists()
+
+
+def test_sft_continues_from_a_full_fine_tune_fit_checkpoint(tmp_path, tiny_path):
+    """On one process sft trains every weight, fit only what its loss reaches: sft refused fit's checkpoint."""
+    from agentrl.fit import fit
+
+    fit(load_config(ROOT / "conf/numberline.yaml", [*SMALL, "trainer.max_updates=1", f"trainer.out_dir={tmp_path / 'a'}"]))
+    saved = torch.load(tmp_path / "a/checkpoints/update_000001/trainable.pt", weights_only=True)
+    again = S.sft(load_config(NL, [*SMALL, "sft.examples=8", "sft.epochs=1", "sft.batch_size=8", "sft.lr=1e-12",
+                                   "sft.vision_lr=1e-12", f"policy.init_from={tmp_path / 'a'}",
+                                   f"trainer.out_dir={tmp_path / 'b'}"]), argv=["test"])
+    after = torch.load(again / "trainable.pt", weights_only=True)
+    for k, v in saved.items():
+        if not k.startswith("value_head."):
+            torch.testing.assert_close(after[k], v, atol=1e-6, rtol=0)

@@ -117,14 +117,23 @@ def encode_prompt(policy: PolicyModule, template: PromptTemplate, obs: EnvObs, h
         prompt = policy.encode(*template.render(obs, history))
         if max_image_tokens is None:
             return prompt
-        used = policy.batcher.image_tokens(prompt)
-        if used <= max_image_tokens:
-            return prompt
         framed = [k for k, step in enumerate(history) if len(step) > 2]
         if not framed:
+            return within_budget(policy, prompt, max_image_tokens)
+        if policy.batcher.image_tokens(prompt) <= max_image_tokens:
+            return prompt
+        history[framed[0]] = tuple(history[framed[0]][:2])
+
+
+def within_budget(policy: PolicyModule, prompt: Prompt, max_image_tokens: int | None) -> Prompt:
+    """``prompt``, checked against ``max_image_tokens``: a prompt whose own image(s) pass it is a
+    :class:`ConfigError` (every encoding path checks it the same way, so the first prompt fails, not a later eval)."""
+    if max_image_tokens is not None:
+        used = policy.batcher.image_tokens(prompt)
+        if used > max_image_tokens:
             raise ConfigError(f"prompt.max_image_tokens={max_image_tokens} is below the {used} image tokens of the "
                               f"observation's own image: raise it (or set null for no budget)")
-        history[framed[0]] = tuple(history[framed[0]][:2])
+    return prompt
 
 
 class EpisodeMemory:
@@ -228,7 +237,8 @@ class RolloutDataModule:
         if any(has_frames(h) for h in histories):  # several images per prompt: one processor call each
             return [encode_prompt(self.policy, self.template, o, h, self.max_image_tokens)
                     for o, h in zip(obs, histories)]
-        return self.policy.encode_many([self.template.render(o, h) for o, h in zip(obs, histories)])
+        prompts = self.policy.encode_many([self.template.render(o, h) for o, h in zip(obs, histories)])
+        return [within_budget(self.policy, p, self.max_image_tokens) for p in prompts]
 
     def current_prompts(self) -> list[Prompt]:
         """Prompts of the envs' current observations (resetting them on first use)."""

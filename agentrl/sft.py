@@ -33,7 +33,7 @@ from agentrl.policy import PolicyModule
 from agentrl.prompts import PromptTemplate
 from agentrl.registry import Components
 from agentrl.report import make_console
-from agentrl.rollout import encode_prompt, has_frames
+from agentrl.rollout import encode_prompt, has_frames, within_budget
 from agentrl.sft_data import MAX_FIELD_CHARS as MAX_FIELD_CHARS  # re-exported: the data API lived here
 from agentrl.sft_data import Example, load_examples, perception
 from agentrl.sft_data import expert_examples as expert_examples
@@ -70,7 +70,7 @@ def encode(policy: PolicyModule, examples: list[Example], template: PromptTempla
         if template is not None and max_image_tokens is not None and ex.obs is not None and has_frames(ex.history):
             prompt = encode_prompt(policy, template, ex.obs, ex.history, max_image_tokens)
         else:
-            prompt = policy.encode(ex.messages, ex.image)
+            prompt = within_budget(policy, policy.encode(ex.messages, ex.image), max_image_tokens)
         out.append(Encoded(prompt, torch.tensor(ids, dtype=torch.long)))
     return out
 

@@ -14,6 +14,7 @@ from agentrl.fit import build
 from agentrl.parsing import ParseResult, action_span_start
 from agentrl.prompts import AlfworldTemplate, GymCardsTemplate
 from agentrl.rollout import EpisodeMemory
+from agentrl.sft import encode as sft_encode
 from agentrl.sft import expert_examples
 from agentrl.sft_data import perception
 
@@ -298,3 +299,19 @@ def test_expert_sft_examples_carry_earlier_images_and_resume_keeps_them(tiny_pat
     assert sizes[0] == 1 and max(sizes) == 3
     warm = perception(examples[sizes.index(3)])
     assert warm.image is examples[sizes.index(3)].obs.image and len(warm.messages[0]["content"]) == 1
+
+
+def test_a_budget_below_the_observation_image_is_refused_on_every_path(tiny_path):
+    """Without earlier frames the batched prompt path, eval's and sft's refuse it too, with one message."""
+    policy, data = build(image_prompt_cfg("prompt.history_images=0"))
+    obs = data.envs.reset(0)
+    per_image = policy.batcher.image_tokens(data.encode(obs[0]))
+    data.max_image_tokens = per_image - 1
+    message = rf"prompt.max_image_tokens={per_image - 1} is below the {per_image} image tokens"
+    with pytest.raises(ConfigError, match=message):
+        data.collect()  # the first rollout's prompts: policy.encode_many, no earlier frames
+    data.envs.close()
+    examples = expert_examples(image_prompt_cfg("env.num_envs=1", "sft.explore=0", "prompt.history_images=0"), 2)
+    with pytest.raises(ConfigError, match=message):
+        sft_encode(policy, examples, data.template, per_image - 1)
+    assert len(sft_encode(policy, examples, data.template, per_image)) == 2

@@ -202,11 +202,14 @@ def resume_changes(ckpt: Path, cfg: Any) -> list[str]:
     from omegaconf import OmegaConf
 
     from agentrl.config import to_yaml
+    from agentrl.config.loading import describe_keys
 
     try:
         saved = _flat(OmegaConf.to_container(OmegaConf.load(Path(ckpt) / "config.yaml")))
     except Exception:  # no or unreadable config.yaml (an old checkpoint): nothing to compare
         return []
+    # a key newer than the checkpoint ran as its default (new keys keep the old behaviour by default)
+    saved = {**{k: default for k, default, _ in describe_keys()}, **saved}
     now = _flat(OmegaConf.to_container(OmegaConf.create(to_yaml(cfg))))
     differ = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)
                     and not k.startswith("sft.") and k not in ("trainer.resume", "trainer.out_dir"))

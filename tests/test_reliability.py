@@ -450,3 +450,21 @@ def test_resume_refuses_keys_that_cannot_change(tmp_path, tiny_path):
     with pytest.raises(ConfigError, match=r"env.num_envs=2 \(now 4\).*cannot change on resume"):
         fit(_cfg(tmp_path, "trainer.max_updates=2", "env.num_envs=4", f"trainer.out_dir={out}", "trainer.resume=auto"))
     assert (out / "config.yaml").read_text() == before  # the run dir still describes its checkpoints
+
+
+def test_resume_of_a_checkpoint_older_than_a_key_reads_the_key_as_its_default(tmp_path):
+    """A config.yaml written before prompt.history_images existed ran with its default: not a change."""
+    import yaml
+
+    from agentrl.config import ConfigError, to_yaml
+    from agentrl.resume import resume_changes
+
+    cfg = load_config(ROOT / "conf/numberline.yaml")
+    old = yaml.safe_load(to_yaml(cfg))
+    for key in ("history_images", "max_image_tokens"):
+        del old["prompt"][key]
+    del old["trainer"]["checkpoint_format"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    assert resume_changes(tmp_path, cfg) == []
+    with pytest.raises(ConfigError, match=r"prompt.max_image_tokens=None \(now 64\).*cannot change on resume"):
+        resume_changes(tmp_path, load_config(ROOT / "conf/numberline.yaml", ["prompt.max_image_tokens=64"]))

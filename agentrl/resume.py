@@ -18,6 +18,7 @@ import torch
 
 from agentrl.checkpoint import (
     FORMAT_VERSION,
+    CheckpointWriteError,
     begin_checkpoint,
     complete_checkpoints,
     load_trainable,
@@ -66,7 +67,7 @@ def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data:
     ranks = gather_objects(mine, fabric.world_size)  # env and sampling state of every rank
     weights, optimizer, prepared = None, None, None
     if writes_shards(learner):  # every rank writes its own shard into the folder rank 0 made
-        prepared = fabric.broadcast(begin_checkpoint(ckpt_dir) if fabric.is_global_zero else None, 0)
+        prepared = _folder_from_rank_zero(fabric, ckpt_dir)
         try:
             save_sharded(policy, learner.optimizer.optimizer, prepared / SHARDED_DIR)
         except Exception:
@@ -89,6 +90,22 @@ def save_update(fabric: Any, ckpt_dir: Path, *, policy: Any, learner: Any, data:
         prune(ckpt_dir.parent, keep)  # trainer.keep_checkpoints
     fabric.barrier()
     return written
+
+
+def _folder_from_rank_zero(fabric: Any, ckpt_dir: Path) -> Path:
+    """The temp folder rank 0 makes for ``ckpt_dir``, on every rank; if rank 0 cannot make it, every rank raises
+    :class:`CheckpointWriteError` with rank 0's reason (the others would otherwise wait in the broadcast)."""
+    made, error = None, None
+    if fabric.is_global_zero:
+        try:
+            made = begin_checkpoint(ckpt_dir)
+        except OSError as e:
+            error = str(e)
+    made, error = fabric.broadcast((made, error), 0)
+    if error is not None:
+        raise CheckpointWriteError(f"could not write checkpoint {ckpt_dir}: rank 0 could not make its folder "
+                                   f"({error}); the previous checkpoint is untouched")
+    return made
 
 
 def resume(fabric: Any, candidates: list[Path], *, policy: Any, learner: Any, data: Any, run: RunState,

@@ -190,3 +190,18 @@ def test_sharded_checkpoints_hold_each_ranks_shard_and_resume_exactly(tmp_path, 
                            *SMALL, "model.finetune=lora", "trainer.max_updates=3", f"trainer.resume={ckpt}",
                            f"trainer.out_dir={tmp_path / 'ddp'}"], capture_output=True, text=True, timeout=300, env=env())
     assert proc.returncode == 2 and "trainer.strategy" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_rank_zero_failing_to_make_the_sharded_folder_stops_every_rank_with_its_reason(tmp_path):
+    """Rank 0 makes the folder every rank writes its shard in; its failure must reach the others, not a hang."""
+    import time
+
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, str(HERE / "checkpoint_failure.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env())
+    seen = [json.loads((tmp_path / f"rank{r}.json").read_text()) if (tmp_path / f"rank{r}.json").exists() else None
+            for r in (0, 1)]
+    assert all(s is not None and s["type"] == "CheckpointWriteError" and "No space left" in s["message"]
+               for s in seen), (seen, proc.stderr[-3000:])
+    assert "rank 0" in seen[1]["message"]
+    assert time.monotonic() - start < 55  # well before trainer.collective_timeout_s=60

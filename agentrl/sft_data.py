@@ -14,11 +14,13 @@ Data (``sft.data``):
               "obs": {"text": ..., "legal_actions": [...], "env_id": "numberline",
                       "task": "", "extra": {}},        # an EnvObs the prompt template renders
               "history": [["state text", "action"], ...],   # optional, with "obs": earlier steps
+                                                       # (a 3rd item, an image path, for prompt.history_images)
               "answer": "{\"action\": \"+\"}" | {"thoughts": ..., "action": "+"}}
 
            ``answer`` is the target text, or fields that the template turns into JSON.
            ``history`` (oldest first) is rendered as in rollouts with ``prompt.history``; the
-           last ``prompt.history`` steps are kept.
+           last ``prompt.history`` steps are kept, and the last ``prompt.history_images`` of them
+           show their image (a step's third item).
 """
 
 from __future__ import annotations
@@ -103,10 +105,12 @@ MAX_FIELD_CHARS = 100_000
 """Longest text a JSONL field may hold (a 10 MB field once ran a run to 9 GB of memory)."""
 
 
-def jsonl_examples(path: str | Path, template: PromptTemplate, history: int = 0) -> list[Example]:
+def jsonl_examples(path: str | Path, template: PromptTemplate, history: int = 0,
+                   history_images: int = 0) -> list[Example]:
     """Examples from a JSONL file (format in the module docstring); every bad row exits naming file:line and why.
 
-    ``history`` is ``prompt.history``: how many of a row's earlier steps the prompt shows.
+    ``history`` is ``prompt.history``: how many of a row's earlier steps the prompt shows; the last
+    ``history_images`` (``prompt.history_images``) of them show their image where the row gives one.
     """
     path = Path(path)
     if not path.is_file():
@@ -121,13 +125,14 @@ def jsonl_examples(path: str | Path, template: PromptTemplate, history: int = 0)
         except UnicodeDecodeError as e:
             raise ConfigError(f"{where}: not UTF-8 ({e.reason} at byte {e.start})") from None
         if line.strip():
-            out.append(_jsonl_row(line, where, path.parent, template, history))
+            out.append(_jsonl_row(line, where, path.parent, template, history, history_images))
     if not out:
         raise ConfigError(f"sft.data {path} holds no examples")
     return out
 
 
-def _jsonl_row(line: str, where: str, folder: Path, template: PromptTemplate, history: int) -> Example:
+def _jsonl_row(line: str, where: str, folder: Path, template: PromptTemplate, history: int,
+               history_images: int) -> Example:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as e:
@@ -141,15 +146,7 @@ def _jsonl_row(line: str, where: str, folder: Path, template: PromptTemplate, hi
     for key, value in row.items():
         if isinstance(value, str) and len(value) > MAX_FIELD_CHARS:
             raise ConfigError(f"{where}: '{key}' has {len(value)} characters; at most {MAX_FIELD_CHARS}")
-    image = None
-    if row.get("image"):
-        image_path = folder / row["image"]
-        if not image_path.is_file():
-            raise ConfigError(f"{where}: image {str(image_path)!r} does not exist")
-        try:
-            image = np.asarray(Image.open(image_path).convert("RGB"))
-        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
-            raise ConfigError(f"{where}: image {str(image_path)!r} is not an image PIL can read ({e})") from None
+    image = _read_image(folder / row["image"], where) if row.get("image") else None
     obs = None
     if "obs" in row:
         fields = row["obs"]
@@ -163,19 +160,38 @@ def _jsonl_row(line: str, where: str, folder: Path, template: PromptTemplate, hi
             raise ConfigError(f"{where}: 'obs' needs text (a string) and legal_actions (a non-empty list of strings)")
         steps = row.get("history", [])
         if not (isinstance(steps, list) and all(
-                isinstance(h, list) and len(h) == 2 and all(isinstance(x, str) for x in h) for h in steps)):
-            raise ConfigError(f"{where}: 'history' must be a list of [state text, action] string pairs")
-        messages = template.messages(obs, [tuple(h) for h in steps][-history:] if history else [])
+                isinstance(h, list) and len(h) in (2, 3) and all(isinstance(x, str) for x in h) for h in steps)):
+            raise ConfigError(f"{where}: 'history' must be a list of [state text, action] string pairs "
+                              f"(or [state text, action, image path] where prompt.history_images shows images)")
+        memory = EpisodeMemory(1, history, history_images)  # the last steps, images on the last frames: as rollouts
+        memory.load_state_dict([[tuple(h) for h in steps]])
+        shown = [(*h[:2], _read_image(folder / h[2], where)) if len(h) > 2 else h for h in memory.history(0)]
+        messages, images = template.render(obs, shown)
+        return _answered(row, where, template, messages, images, obs, shown)
     else:
         content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": row["prompt"]}]
         messages = [{"role": "user", "content": content}]
+    return _answered(row, where, template, messages, image, obs, [])
+
+
+def _answered(row: dict[str, Any], where: str, template: PromptTemplate, messages: list[dict[str, Any]],
+              image: Any, obs: EnvObs | None, history: list[Any]) -> Example:
     answer = row["answer"]
     if isinstance(answer, dict) and "action" in answer:
         answer = template.answer(dict(answer))
     if not isinstance(answer, str):
         raise ConfigError(f"{where}: 'answer' must be the target text or an object with an 'action' key, "
                           f"got {json.dumps(answer)[:80]}")
-    return Example(messages, image, answer, obs)
+    return Example(messages, image, answer, obs, history=history)
+
+
+def _read_image(image_path: Path, where: str) -> np.ndarray:
+    if not image_path.is_file():
+        raise ConfigError(f"{where}: image {str(image_path)!r} does not exist")
+    try:
+        return np.asarray(Image.open(image_path).convert("RGB"))
+    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise ConfigError(f"{where}: image {str(image_path)!r} is not an image PIL can read ({e})") from None
 
 
 def load_examples(cfg: Config) -> list[Example]:
@@ -184,7 +200,7 @@ def load_examples(cfg: Config) -> list[Example]:
     if s.data == "expert":
         examples = expert_examples(cfg, s.examples if s.max_examples is None else min(s.examples, s.max_examples))
     else:
-        examples = jsonl_examples(s.data, make_template(cfg), cfg.prompt.history)
+        examples = jsonl_examples(s.data, make_template(cfg), cfg.prompt.history, cfg.prompt.history_images)
     return examples if s.max_examples is None else examples[: s.max_examples]
 
 

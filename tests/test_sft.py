@@ -84,6 +84,26 @@ def test_jsonl_rows_carry_their_history(tmp_path):
         S.load_examples(load_config(NL, [f"sft.data={path}"]))
 
 
+def test_jsonl_history_steps_carry_their_images_as_rollouts_do(tmp_path):
+    """[state, action, image] steps: the last prompt.history_images keep their image, in order, as in rollouts."""
+    for k in (1, 2, 3):
+        Image.fromarray(np.full((32, 32, 3), 40 * k, dtype=np.uint8)).save(tmp_path / f"{k}.png")
+    obs = {"text": "Target: 1, Current: 2", "legal_actions": ["-", "+"], "env_id": "numberline"}
+    row = {"obs": obs, "image": "3.png", "answer": '{"action": "-"}',
+           "history": [["Target: 1, Current: 4", "-", "1.png"], ["Target: 1, Current: 3", "-", "2.png"]]}
+    path = tmp_path / "h.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    (ex,) = S.load_examples(load_config(NL, [f"sft.data={path}", "prompt.history=2", "prompt.history_images=1"]))
+    assert [int(im[0, 0, 0]) for im in ex.image] == [120, 80]  # the observation's own, then the newest step's
+    assert [c["type"] for c in ex.messages[0]["content"]].count("image") == 2
+    assert [len(step) for step in ex.history] == [2, 3]  # the older step kept as text
+    (plain,) = S.load_examples(load_config(NL, [f"sft.data={path}", "prompt.history=2"]))
+    assert plain.image.shape == (32, 32, 3) and [len(step) for step in plain.history] == [2, 2]
+    path.write_text(json.dumps(dict(row, history=[["Target: 1, Current: 3", "-", "missing.png"]])) + "\n")
+    with pytest.raises(ConfigError, match=r"h.jsonl:1: image .*missing.png' does not exist"):
+        S.load_examples(load_config(NL, [f"sft.data={path}", "prompt.history=2", "prompt.history_images=1"]))
+
+
 def test_loss_only_on_answer_tokens(tiny_path):
     cfg = load_config(NL, ["sft.examples=3"])
     policy = S.build_policy(cfg)

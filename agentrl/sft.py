@@ -228,6 +228,9 @@ def sft(cfg: Config, argv: list[str] | None = None) -> Path:
     set_threads(cfg.trainer.num_threads, fabric.world_size)
     torch.manual_seed(cfg.seed)
     console = make_console(quiet=not fabric.is_global_zero)
+    if cfg.trainer.checkpoint_format == "sharded":  # said before the run, not discovered after it
+        console.log("sft: trainer.checkpoint_format=sharded applies to fit's checkpoints; sft writes its one "
+                    "checkpoint as full weights (what policy.init_from and agentrl export read)")
     policy = build_policy(cfg)
     examples = load_examples(cfg)
     console.log(f"sft: {len(examples)} examples from {cfg.sft.data}; e.g. {examples[0].answer}")

@@ -136,12 +136,17 @@ def test_grouped_rollouts_of_different_sizes_per_rank_step_together_under_fsdp(t
 
 
 def test_sft_under_fsdp_writes_full_weights_that_fit_loads(tmp_path, tiny_path):
+    """sft always writes one full copy (what init_from and export read): asked for shards, it says so up front."""
     out = tmp_path / "sft"
     cmd = [sys.executable, "-m", "agentrl.cli", "sft", "-c", str(ROOT / "conf/sft/numberline.yaml"),
            "sft.examples=16", "sft.epochs=1", "sft.batch_size=8", "trainer.devices=2", "trainer.strategy=fsdp",
-           "trainer.accelerator=cpu", "model.finetune=lora", f"trainer.out_dir={out}"]
+           "trainer.accelerator=cpu", "model.finetune=lora", "trainer.checkpoint_format=sharded",
+           f"trainer.out_dir={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env())
     assert proc.returncode == 0, proc.stderr[-3000:]
+    said = " ".join((proc.stdout + proc.stderr).split())
+    assert "trainer.checkpoint_format=sharded applies to fit" in said, said[-2000:]
+    assert not (out / "checkpoints/sft/sharded").exists()
     assert json.loads((out / "checkpoints/sft/sft_metrics.json").read_text())["steps"] == 2
     fit(tmp_path / "ppo", "trainer.max_updates=1", f"policy.init_from={out}/checkpoints/sft")
 

@@ -24,6 +24,7 @@ all three are the 1-D count. Results match the unshared path and transformers'
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,31 @@ class TrainInputs:
     """Token tensors (1, S) of the prompt prefix all rows share, run once; None: each row has its whole prompt."""
 
 
+def images_first(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` for a chat template that renders every image before the text (:attr:`PromptBatcher.interleaves`
+    False): a turn's images come first, in their order, and where the k-th stood its text says "(image k)", so
+    earlier steps' frames (``prompt.history_images``) keep their place in the history."""
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if not isinstance(content, list) or sum(c.get("type") == "image" for c in content) < 2:
+            out.append(message)
+            continue
+        k, texts, after_image = 0, [""], False
+        for item in content:
+            if item.get("type") == "image":
+                k += 1
+                texts[-1] += f"(image {k})"
+            elif item.get("type") == "text":  # "(image 1)\nYou are ...", "- (image 2) -> ..."
+                texts[-1] += ("\n" if after_image and not item["text"][:1].isspace() else "") + item["text"]
+            else:  # a video or another kind keeps its place
+                texts += [item, ""]
+            after_image = item.get("type") == "image"
+        rest = [t if isinstance(t, dict) else {"type": "text", "text": t} for t in texts if t]
+        out.append({**message, "content": [{"type": "image"}] * k + rest})
+    return out
+
+
 class PromptBatcher:
     """Turns chat messages and images into model inputs, one prompt or a padded batch at a time."""
 
@@ -99,11 +125,26 @@ class PromptBatcher:
         ``image``: the one image of the messages, or a list of their images in order (earlier steps'
         images, ``prompt.history_images``).
         """
-        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         images = [] if image is None else list(image) if isinstance(image, list) else [image]
+        if len(images) > 1 and not self.interleaves:
+            messages = images_first(messages)
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         if not images:
             return dict(self.processor(text=[text], return_tensors="pt"))
         return dict(self.processor(text=[text], images=[self._pil(im) for im in images], return_tensors="pt"))
+
+    @functools.cached_property
+    def interleaves(self) -> bool:
+        """Whether the chat template renders an image where the content puts it among the text (Qwen2-VL,
+        Idefics3, agentrl's tiny models); LLaVA-1.5's renders every image first, then all the text."""
+        a, b = {"type": "text", "text": "AGENTRL_A"}, {"type": "text", "text": "AGENTRL_B"}
+
+        def between(content: list[dict[str, Any]]) -> str:
+            text = self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                      add_generation_prompt=True, tokenize=False)
+            return text[text.index("AGENTRL_A") : text.index("AGENTRL_B")]
+
+        return between([a, {"type": "image"}, b]) != between([a, b])
 
     def image_tokens(self, prompt: Prompt) -> int:
         """How many image (or video) placeholder tokens ``prompt`` holds: what its images cost in the context."""

@@ -287,6 +287,36 @@ def test_a_budget_of_image_tokens_leaves_the_oldest_images_out(tiny_path):
         data.encode(obs[0], history)
 
 
+IMAGES_FIRST = ("{% for m in messages %}{{ m['role'].upper() + ': ' }}"  # as LLaVA-1.5's: every image, then the text
+                "{% for c in m['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+                "{% for c in m['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] + ' ' }}{% endfor %}"
+                "\\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+
+def test_a_template_that_puts_every_image_first_is_told_where_each_image_was(tiny_path):
+    """LLaVA-1.5's template renders all images before all text: the earlier frames would lose their steps, so
+    the text names each image where it stood, "(image k)", in the order the images come; one image keeps its text."""
+    policy, data = build(image_prompt_cfg())
+    obs = data.envs.reset(0)
+    data.envs.close()
+    history = [("s", "+", frame(1)), ("s", "-", frame(2))]
+    interleaved = policy.batcher.processor.tokenizer.decode(data.encode(obs[0], history)["input_ids"][0])
+    assert "(image" not in interleaved
+    policy.batcher.processor.chat_template = IMAGES_FIRST
+    del policy.batcher.interleaves  # a processor's template is fixed when it loads; this test swaps it
+    token = policy.batcher.processor.image_token
+    prompt = data.encode(obs[0], history)
+    text = policy.batcher.processor.tokenizer.decode(prompt["input_ids"][0])
+    messages, images = data.template.render(obs[0], history)
+    current = [im is obs[0].image for im in images].index(True) + 1  # the observation's place among the images
+    frames = [k for k in (1, 2, 3) if k != current]
+    assert text.count(token) > 0 and text.rindex(token) < min(text.index(f"(image {k})") for k in (1, 2, 3))
+    assert f'- (image {frames[0]}) -> "+"' in text and f'- (image {frames[1]}) -> "-"' in text  # at their steps
+    assert torch.equal(prompt["pixel_values"], policy.encode(messages, images)["pixel_values"])
+    single = policy.batcher.processor.tokenizer.decode(data.encode(obs[0])["input_ids"][0])
+    assert "(image" not in single and token in single
+
+
 def test_history_images_above_history_is_refused():
     with pytest.raises(ConfigError, match=r"prompt.history_images=3 .* prompt.history=2 lists fewer"):
         load_config(ROOT / "conf/numberline.yaml", ["prompt.history=2", "prompt.history_images=3"])

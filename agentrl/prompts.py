@@ -235,12 +235,6 @@ def tokenizer_corpus(n: int = 400, seed: int = 0) -> list[str]:
     """
     rng = random.Random(seed)
     ranks = ["A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K"]
-    alf_words = (
-        "apple bowl bread butterknife cabinet candle cellphone cloth countertop cup desk desklamp "
-        "diningtable drawer egg fridge garbagecan kettle knife lettuce microwave mug pan pencil "
-        "plate pot potato shelf sinkbasin soapbottle spatula spoon stoveburner tomato toaster "
-        "go to take from put in on open close clean with heat cool use examine inventory look"
-    ).split()
     texts = []
     for i in range(n):
         env_id = list(_GYM_CARDS_TASKS)[i % 4]
@@ -271,10 +265,32 @@ def tokenizer_corpus(n: int = 400, seed: int = 0) -> list[str]:
         obs = EnvObs(image=None, text=text, legal_actions=actions, env_id=env_id)
         texts += [tmpl.prompt(obs), tmpl.answer(fields)]
     alf = AlfworldTemplate()
-    for _ in range(n // 4):
-        words = rng.choices(alf_words, k=12)
-        cmds = [f"go to {w} {rng.randint(1, 5)}" for w in words[:4]] + [f"take {words[4]} 1 from {words[5]} 2"]
-        obs = EnvObs(image=None, text="You are in the middle of a room. " + " ".join(words),
-                     legal_actions=cmds, env_id="alfworld", task=f"put a {words[6]} in {words[7]}")
-        texts += [alf.prompt(obs), alf.answer({"thoughts": "I should find it first.", "action": cmds[0]})]
+    names = list(ALFWORLD_NAMES)
+    for i in range(max(n // 4, len(names))):  # every name at least once: each becomes one token
+        a, b, c, d = names[i % len(names)], *rng.choices(names, k=3)
+        verb = ALFWORLD_VERBS[i % len(ALFWORLD_VERBS)]
+        cmds = [f"go to {a} {rng.randint(1, 5)}", f"go to {b} 1", f"take {c} 1 from {b} 1", f"put {c} 1 in/on {d} 2",
+                f"{verb} {a} 1", f"{verb} {c} 1 with {d} 1", "look", "inventory"]
+        text = f"You arrive at {a} 1. On the {a} 1, you see a {c} 1, and a {b} 2. Nothing happens."
+        obs = EnvObs(image=None, text=text, legal_actions=cmds, env_id="alfworld", task=f"put a {c} in {d}")
+        texts += [alf.prompt(obs), alf.answer({"thoughts": f"I should find a {c} first.", "action": cmds[i % 6]})]
     return texts
+
+
+ALFWORLD_VERBS = ("open", "close", "clean", "heat", "cool", "use", "examine", "slice")
+"""Verbs of ALFWorld's commands besides go to, take, put (tokenizer corpus)."""
+
+ALFWORLD_NAMES = (
+    "alarmclock apple armchair baseballbat basketball bathtub bathtubbasin bed blinds book boots bowl box bread "
+    "butterknife cabinet candle cart cd cellphone chair cloth coffeemachine coffeetable countertop creditcard cup "
+    "curtains desk desklamp diningtable dishsponge drawer dresser egg floorlamp footstool fork fridge garbagecan "
+    "glassbottle handtowel handtowelholder houseplant kettle keychain knife ladle laptop laundryhamper "
+    "laundryhamperlid lettuce lightswitch microwave mirror mug newspaper ottoman painting paintinghanger pan "
+    "papertowel papertowelroll pen pencil peppershaker pillow plate plunger poster pot potato remotecontrol safe "
+    "saltshaker scrubbrush shelf showerdoor showerglass sidetable sink sinkbasin soapbar soapbottle sofa spatula "
+    "spoon spraybottle statue stoveburner stoveknob teddybear television tennisracket tissuebox toaster toilet "
+    "toiletpaper toiletpaperhanger toiletpaperroll tomato towel towelholder tvstand vase watch wateringcan window "
+    "winebottle"
+).split()
+"""ALFRED's object and receptacle names as ALFWorld writes them (alfworld.gen.constants, lower case): each is one
+token of the tiny model (a name split into pieces that are also words, " to" + "ilet", made the SFT policy loop)."""

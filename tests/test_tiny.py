@@ -163,3 +163,14 @@ def test_make_tiny_model_size_builds_that_spec_in_bf16(tmp_path, monkeypatch, ca
         up = next(n for n in names if "language_model" in n and "up_proj" in n)
         assert f.get_tensor(up).shape[0] == 200
     assert "16 image tokens of 56 px" in capsys.readouterr().out
+
+
+def test_every_alfworld_object_and_receptacle_name_is_one_token(tiny_path):
+    """The tiny tokenizer knew a third of ALFRED's names: "toilet" was " to" + "ile" + "t", and the SFT policy
+    looped on "go to to to to toilet 1" (" to" both the word and toilet's start). Each name is one token."""
+    constants = pytest.importorskip("alfworld.gen.constants")
+    tokenizer = AutoProcessor.from_pretrained(tiny_path).tokenizer
+    names = sorted({n.lower() for n in (*constants.OBJECTS, *constants.RECEPTACLES)})
+    split = {n: tokenizer.tokenize(f" {n}") for n in names}
+    assert {n: t for n, t in split.items() if len(t) > 1} == {}
+    assert tokenizer.tokenize(" toilet") != tokenizer.tokenize(" to")

@@ -268,18 +268,34 @@ def tokenizer_corpus(n: int = 400, seed: int = 0) -> list[str]:
     names = list(ALFWORLD_NAMES)
     for i in range(max(n // 4, len(names))):  # every name at least once: each becomes one token
         a, b, c, d = names[i % len(names)], *rng.choices(names, k=3)
-        verb = ALFWORLD_VERBS[i % len(ALFWORLD_VERBS)]
-        cmds = [f"go to {a} {rng.randint(1, 5)}", f"go to {b} 1", f"take {c} 1 from {b} 1", f"put {c} 1 in/on {d} 2",
-                f"{verb} {a} 1", f"{verb} {c} 1 with {d} 1", "look", "inventory"]
-        text = f"You arrive at {a} 1. On the {a} 1, you see a {c} 1, and a {b} 2. Nothing happens."
-        obs = EnvObs(image=None, text=text, legal_actions=cmds, env_id="alfworld", task=f"put a {c} in {d}")
-        texts += [alf.prompt(obs), alf.answer({"thoughts": f"I should find a {c} first.", "action": cmds[i % 6]})]
+        verb = ("heat", "clean", "cool")[i % 3]
+        cmds = [f"go to {a} {rng.randint(1, 5)}", f"open {b} 1", f"close {b} 1", f"take {c} 1 from {a} 1",
+                f"move {c} 1 to {d} 2", f"{verb} {c} 1 with {d} 1", f"use {c} 1", f"examine {a} 1",
+                f"slice {c} 1 with {d} 1", "look", "inventory"]
+        text = " ".join(s.format(a=a, b=b, c=c, d=d, verb=verb) for s in ALFWORLD_FEEDBACK[i % 3 :: 3])
+        task = ALFWORLD_TASKS[i % len(ALFWORLD_TASKS)].format(c=c, d=d)
+        obs = EnvObs(image=None, text=text, legal_actions=cmds, env_id="alfworld", task=task)
+        texts += [alf.prompt(obs), alf.answer({"thoughts": f"I should find a {c} first.", "action": cmds[i % 9]})]
     return texts
 
 
-ALFWORLD_VERBS = ("open", "close", "clean", "heat", "cool", "use", "examine", "slice")
-"""Verbs of ALFWorld's commands besides go to, take, put (tokenizer corpus)."""
-
+ALFWORLD_FEEDBACK = (  # the engine's sentences (alfworld/data/alfred.twl2), for the tokenizer corpus
+    "You are in the middle of a room. Looking quickly around you, you see a {a} 1, a {b} 2, and a {d} 1.",
+    "You arrive at {a} 1. On the {a} 1, you see a {c} 1, and a {b} 2.",
+    "You arrive at {b} 1. The {b} 1 is closed.",
+    "You open the {b} 1. The {b} 1 is open. In it, you see nothing.",
+    "You close the {b} 1.",
+    "You pick up the {c} 1 from the {a} 1.",
+    "You move the {c} 1 to the {d} 2.",
+    "You {verb} the {c} 1 using the {d} 1.",
+    "You turn on the {c} 1.",
+    "You are carrying: a {c} 1.",
+    "This is a normal {c} 1. In it, you see nothing.",
+    "Nothing happens.",
+)
+ALFWORLD_TASKS = ("put a {c} in {d}", "put some {c} on {d}", "put a clean {c} in {d}", "put a hot {c} in {d}",
+                  "put a cool {c} in {d}", "put two {c} in {d}", "look at {c} under the {d}",
+                  "examine the {c} with the {d}")
 ALFWORLD_NAMES = (
     "alarmclock apple armchair baseballbat basketball bathtub bathtubbasin bed blinds book boots bowl box bread "
     "butterknife cabinet candle cart cd cellphone chair cloth coffeemachine coffeetable countertop creditcard cup "

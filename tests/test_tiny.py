@@ -165,12 +165,24 @@ def test_make_tiny_model_size_builds_that_spec_in_bf16(tmp_path, monkeypatch, ca
     assert "16 image tokens of 56 px" in capsys.readouterr().out
 
 
-def test_every_alfworld_object_and_receptacle_name_is_one_token(tiny_path):
+def test_every_alfworld_name_and_engine_word_is_one_token(tiny_path):
     """The tiny tokenizer knew a third of ALFRED's names: "toilet" was " to" + "ile" + "t", and the SFT policy
-    looped on "go to to to to toilet 1" (" to" both the word and toilet's start). Each name is one token."""
-    constants = pytest.importorskip("alfworld.gen.constants")
+    looped on "go to to to to toilet 1" (" to" both the word and toilet's start). Each name, each command verb
+    (the engine's "move", not "put") and each word of its fixed sentences is one token."""
+    from agentrl.prompts import ALFWORLD_FEEDBACK, ALFWORLD_NAMES
+
     tokenizer = AutoProcessor.from_pretrained(tiny_path).tokenizer
-    names = sorted({n.lower() for n in (*constants.OBJECTS, *constants.RECEPTACLES)})
-    split = {n: tokenizer.tokenize(f" {n}") for n in names}
-    assert {n: t for n, t in split.items() if len(t) > 1} == {}
+    words = {*ALFWORLD_NAMES, "from", "to", "with"} | {w.strip(".,:") for s in ALFWORLD_FEEDBACK for w in s.split()}
+    split = {f" {w}": tokenizer.tokenize(f" {w}") for w in sorted(words) if w.isalpha()}
+    verbs = ("go", "open", "close", "take", "move", "heat", "cool", "clean", "use", "examine", "slice", "look",
+             "inventory")  # a command's first word follows the quote: '"take tomato 1 ...'
+    split |= {v: tokenizer.tokenize(v) for v in verbs}
+    assert {w: t for w, t in split.items() if len(t) > 1} == {}
     assert tokenizer.tokenize(" toilet") != tokenizer.tokenize(" to")
+
+
+def test_the_in_tree_alfworld_names_are_alfworlds():
+    constants = pytest.importorskip("alfworld.gen.constants")
+    from agentrl.prompts import ALFWORLD_NAMES
+
+    assert sorted(ALFWORLD_NAMES) == sorted({n.lower() for n in (*constants.OBJECTS, *constants.RECEPTACLES)})

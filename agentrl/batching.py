@@ -69,26 +69,28 @@ class TrainInputs:
 
 def images_first(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``messages`` for a chat template that renders every image before the text (:attr:`PromptBatcher.interleaves`
-    False): a turn's images come first, in their order, and where the k-th stood its text says "(image k)", so
-    earlier steps' frames (``prompt.history_images``) keep their place in the history."""
-    out = []
+    False): a turn's images come first, in their order, and where the k-th image of the conversation stood the
+    text says "(image k)", so earlier steps' frames (``prompt.history_images``) keep their place in the history."""
+    out, k = [], 0
     for message in messages:
         content = message.get("content")
-        if not isinstance(content, list) or sum(c.get("type") == "image" for c in content) < 2:
+        if not isinstance(content, list) or not any(c.get("type") == "image" for c in content):
             out.append(message)
             continue
-        k, texts, after_image = 0, [""], False
+        images, texts, after_image = 0, [""], False
         for item in content:
             if item.get("type") == "image":
-                k += 1
-                texts[-1] += f"(image {k})"
-            elif item.get("type") == "text":  # "(image 1)\nYou are ...", "- (image 2) -> ..."
-                texts[-1] += ("\n" if after_image and not item["text"][:1].isspace() else "") + item["text"]
+                k, images = k + 1, images + 1
+                gap = " " if texts[-1] and not texts[-1][-1].isspace() else ""
+                texts[-1] += f"{gap}(image {k})"
+            elif item.get("type") == "text":  # "(image 1)\nYou are ...", "- (image 2) -> ...", "...}} (image 3)"
+                if item["text"]:
+                    texts[-1] += ("\n" if after_image and not item["text"][0].isspace() else "") + item["text"]
             else:  # a video or another kind keeps its place
                 texts += [item, ""]
             after_image = item.get("type") == "image"
         rest = [t if isinstance(t, dict) else {"type": "text", "text": t} for t in texts if t]
-        out.append({**message, "content": [{"type": "image"}] * k + rest})
+        out.append({**message, "content": [{"type": "image"}] * images + rest})
     return out
 
 
@@ -136,7 +138,8 @@ class PromptBatcher:
     @functools.cached_property
     def interleaves(self) -> bool:
         """Whether the chat template renders an image where the content puts it among the text (Qwen2-VL,
-        Idefics3, agentrl's tiny models); LLaVA-1.5's renders every image first, then all the text."""
+        Idefics3, agentrl's tiny models); LLaVA-1.5's and LLaVA-NeXT's render every image first, then the text.
+        A template the probe cannot read (it drops list-form text, or raises) is left alone, with a warning."""
         a, b = {"type": "text", "text": "AGENTRL_A"}, {"type": "text", "text": "AGENTRL_B"}
 
         def between(content: list[dict[str, Any]]) -> str:
@@ -144,7 +147,12 @@ class PromptBatcher:
                                                       add_generation_prompt=True, tokenize=False)
             return text[text.index("AGENTRL_A") : text.index("AGENTRL_B")]
 
-        return between([a, {"type": "image"}, b]) != between([a, b])
+        try:
+            return between([a, {"type": "image"}, b]) != between([a, b])
+        except Exception as e:  # noqa: BLE001 - any template error: keep the messages as they are
+            warnings.warn(f"could not tell where the chat template puts images ({type(e).__name__}: {e}); "
+                          f"prompts with several images go to it unchanged", stacklevel=2)
+            return True
 
     def image_tokens(self, prompt: Prompt) -> int:
         """How many image (or video) placeholder tokens ``prompt`` holds: what its images cost in the context."""

@@ -300,8 +300,8 @@ def test_a_template_that_puts_every_image_first_is_told_where_each_image_was(tin
     obs = data.envs.reset(0)
     data.envs.close()
     history = [("s", "+", frame(1)), ("s", "-", frame(2))]
-    interleaved = policy.batcher.processor.tokenizer.decode(data.encode(obs[0], history)["input_ids"][0])
-    assert "(image" not in interleaved
+    before = data.encode(obs[0], history)
+    assert "(image" not in policy.batcher.processor.tokenizer.decode(before["input_ids"][0])
     policy.batcher.processor.chat_template = IMAGES_FIRST
     del policy.batcher.interleaves  # a processor's template is fixed when it loads; this test swaps it
     token = policy.batcher.processor.image_token
@@ -312,9 +312,20 @@ def test_a_template_that_puts_every_image_first_is_told_where_each_image_was(tin
     frames = [k for k in (1, 2, 3) if k != current]
     assert text.count(token) > 0 and text.rindex(token) < min(text.index(f"(image {k})") for k in (1, 2, 3))
     assert f'- (image {frames[0]}) -> "+"' in text and f'- (image {frames[1]}) -> "-"' in text  # at their steps
-    assert torch.equal(prompt["pixel_values"], policy.encode(messages, images)["pixel_values"])
+    assert torch.equal(prompt["pixel_values"], before["pixel_values"])  # the images in their order
     single = policy.batcher.processor.tokenizer.decode(data.encode(obs[0])["input_ids"][0])
     assert "(image" not in single and token in single
+
+
+def test_images_first_marks_adjacent_and_trailing_images_and_leaves_string_turns():
+    from agentrl.batching import images_first
+
+    image, text = {"type": "image"}, lambda t: {"type": "text", "text": t}
+    messages = [{"role": "system", "content": "rules"},
+                {"role": "user", "content": [text("a"), image, image, text("b"), text(""), image]}]
+    assert images_first(messages) == [
+        {"role": "system", "content": "rules"},
+        {"role": "user", "content": [image, image, image, text("a (image 1) (image 2)\nb (image 3)")]}]
 
 
 def test_history_images_above_history_is_refused():

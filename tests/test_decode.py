@@ -220,13 +220,21 @@ def test_every_eos_id_stops_a_row(setup):
     policy, _, prompts = setup
     sampler = policy.sampler
     saved = sampler.eos_ids
+    weights = {k: v.clone() for k, v in policy.model.state_dict().items()}
     try:
+        with torch.no_grad():  # varied greedy answers (a seeded random model may repeat one token everywhere)
+            gen = torch.Generator().manual_seed(0)
+            for p in policy.model.parameters():
+                p.normal_(0.0, 0.3, generator=gen)
         sampler.eos_ids = [policy.tokenizer.vocab_size + 10]  # never produced: full-length greedy answers
         full = [g.tolist() for g in policy.generate(prompts, greedy=True).ids]
-        # a: a token of row 0 not in row 1's answer; b: a later token of row 1 not in row 0 before a
-        a = next(t for t in full[0][1:] if t not in full[1])
-        cut0 = full[0].index(a)
-        b = next(t for t in full[1][1:] if t not in full[0][: cut0 + 1])
+        # two rows i, j and a: a token of row i not in row j's answer; b: a later token of row j not in row i
+        # before a (which rows have such tokens depends on the tiny model's random weights)
+        pairs = [(i, j, a, b) for i in range(len(full)) for j in range(len(full)) if i != j
+                 for a in full[i][1:] if a not in full[j]
+                 for b in full[j][1:] if b not in full[i][: full[i].index(a) + 1]]
+        assert pairs, f"no two greedy answers differ enough to pick two stop tokens: {full}"
+        i, j, a, b = pairs[0]
         for own in (True, False):
             policy.decoder.own_loop = policy.batcher.verified = own
             sampler.eos_ids = [a, b]
@@ -234,10 +242,11 @@ def test_every_eos_id_stops_a_row(setup):
             for row, ids in zip(full, got):
                 stop = min(row.index(t) for t in (a, b) if t in row) if {a, b} & set(row) else len(row) - 1
                 assert ids == row[: stop + 1], own
-            assert got[0][-1] == a and got[1][-1] == b
+            assert got[i][-1] == a and got[j][-1] == b
     finally:
         sampler.eos_ids = saved
         policy.decoder.own_loop = policy.batcher.verified = True
+        policy.model.load_state_dict(weights)
 
 
 def test_eos_ids_include_the_generation_configs(setup):

@@ -15,7 +15,7 @@ from functools import cache
 from typing import Any
 
 from agentrl.config import ConfigError, describe_keys, load_config, to_yaml
-from agentrl.families import FAMILIES
+from agentrl.policy.tiny.families import FAMILIES
 
 
 def _keys_epilog(cfg: Any = None, source: str = "") -> str:
@@ -55,10 +55,6 @@ def _add_config_args(p: argparse.ArgumentParser, show_prompt: str | None = None)
         p.add_argument("--show-prompt", action="store_const", const=show_prompt, default=None,
                        help=f"print the prompt of each env's first step ({show_prompt} split) as the model "
                             "receives it, where the image goes and its size, and exit")
-
-
-def _parser() -> argparse.ArgumentParser:
-    return _parsers()[0]
 
 
 def _parsers(cfg: Any = None, source: str = "") -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -127,7 +123,7 @@ def _parse_value(text: str) -> object:
 
 def _run(args: argparse.Namespace) -> int:
     if args.command == "play":
-        from agentrl.play import run_play
+        from agentrl.commands.play import run_play
 
         options = {}
         for item in args.option:
@@ -137,11 +133,11 @@ def _run(args: argparse.Namespace) -> int:
             options[key] = _parse_value(value)
         return run_play(args.game, args.seed, options)
     if args.command == "make-tiny-model":
-        from agentrl.tiny import make_tiny_model
+        from agentrl.policy.tiny.build import make_tiny_model
 
         return make_tiny_model(args.out, args.size, args.family)
     if args.command == "export":
-        from agentrl.checkpoint import export_checkpoint
+        from agentrl.training.checkpoint import export_checkpoint
 
         print(f"exported to {export_checkpoint(args.checkpoint, args.out)}")
         return 0
@@ -172,11 +168,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _fit(cfg, args: argparse.Namespace) -> int:
-    from agentrl.checkpoint import CheckpointWriteError
-    from agentrl.distributed import SlowRankError
-    from agentrl.fit import fit
-    from agentrl.learner import NonFiniteError
-    from agentrl.signals import Preempted
+    from agentrl.commands.fit import fit
+    from agentrl.training.checkpoint import CheckpointWriteError
+    from agentrl.training.distributed import SlowRankError
+    from agentrl.training.learner import NonFiniteError
+    from agentrl.training.signals import Preempted
 
     try:
         fit(cfg, argv=sys.argv)
@@ -196,9 +192,10 @@ def _show_prompts(cfg: Any, split: str) -> int:
 
     from transformers import AutoConfig
 
-    from agentrl.batching import PromptBatcher
-    from agentrl.models import load_processor, resolve_model_path
-    from agentrl.registry import Components
+    from agentrl.config.registry import Components
+    from agentrl.policy.loading import resolve_model_path
+    from agentrl.policy.processors import load_processor
+    from agentrl.prompting.batching import PromptBatcher
 
     parts = Components.resolve(cfg)
     path = resolve_model_path(cfg.model.path)
@@ -239,7 +236,7 @@ def _show_prompts(cfg: Any, split: str) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from agentrl.sweep import run_sweep
+    from agentrl.commands.sweep import run_sweep
 
     return run_sweep(args.config, args.overrides, args.grid, args.seeds, parallel=args.parallel, out=args.out,
                      force=args.force)
@@ -252,8 +249,8 @@ def _checkpoint_model(cfg, args: argparse.Namespace):
 
     from omegaconf import OmegaConf
 
-    from agentrl.checkpoint import resolve_resume
     from agentrl.config import ModelConfig
+    from agentrl.training.checkpoint import resolve_resume
 
     try:
         saved = resolve_resume(args.checkpoint, "--checkpoint") / "config.yaml"
@@ -282,14 +279,14 @@ def _checkpoint_model(cfg, args: argparse.Namespace):
 
 
 def _eval(cfg, args: argparse.Namespace) -> int:
-    from agentrl.evaluate import evaluate
+    from agentrl.commands.evaluate import evaluate
 
     evaluate(cfg, args.checkpoint, args.episodes, greedy=args.greedy, out=args.out)
     return 0
 
 
 def _sft(cfg, args: argparse.Namespace) -> int:
-    from agentrl.sft import sft
+    from agentrl.commands.sft import sft
 
     sft(cfg, argv=sys.argv)
     return 0

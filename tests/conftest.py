@@ -13,6 +13,6 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny_path():
     """The tiny offline VLM, built once into the cache."""
-    from agentrl.tiny import tiny_model_path
+    from agentrl.policy.tiny.build import tiny_model_path
 
     return tiny_model_path()

@@ -163,7 +163,7 @@ def test_help_with_a_broken_config_names_the_key(tmp_path, capsys):
 
 def _first_prompts(cfg, split):
     """(chat-templated text, the policy's own encoding) of each env's first observation, as a run builds them."""
-    from agentrl.registry import Components
+    from agentrl.config.registry import Components
 
     parts = Components.resolve(cfg)
     policy, template, envs = parts.make_policy(cfg), parts.make_template(cfg), parts.make_env(cfg, split)

@@ -8,7 +8,7 @@ Each strategy runs ``agentrl fit`` for one update on ``--devices`` processes
 (``model.finetune`` LoRA by default; same seed, so the same rollout) and
 reads the ``perf/peak_mem_rollout_gb`` and ``perf/peak_mem_update_gb``
 scalars it logs: the rank that held the most, on a GPU what torch allocated,
-on a CPU the process's peak resident set (agentrl.peakmem). The last column
+on a CPU the process's peak resident set (agentrl.training.peakmem). The last column
 is each strategy's update peak over the first strategy's (ddp). A run that
 fails (a rank killed for memory: rc -9) is reported as such with the tail
 of its log, not dropped.

@@ -48,12 +48,12 @@ import benchlib
 import numpy as np
 import torch
 
-from agentrl import ppo
+from agentrl.algorithms import ppo
 from agentrl.config import load_config
-from agentrl.fit import build
-from agentrl.peakmem import PeakMemory
-from agentrl.policy import PolicyModule
-from agentrl.rollout import RolloutDataModule
+from agentrl.data.rollout import RolloutDataModule
+from agentrl.policy.module import PolicyModule
+from agentrl.training.build import build
+from agentrl.training.peakmem import PeakMemory
 
 # ---------------------------------------------------------------- memory
 

@@ -5,8 +5,8 @@
     python tools/bench_update.py --model-path /models/llava --device cuda --dtype bfloat16
 
 One rollout is collected once; then, for every micro-batch size, one PPO epoch
-of gradient accumulation (``fit.accumulate_gradients`` over
-``RolloutDataModule.minibatches``, the same shuffled order every time, each
+of gradient accumulation (``learner.accumulate_gradients`` over
+``RolloutDataModule.loader``, the same shuffled order every time, each
 minibatch sorted by length as ``fit`` does unless ``--no-sort``) runs on
 the same weights: no optimizer step, so every size must produce the same
 loss terms and the same accumulated gradients. Both are ASSERTED to match
@@ -24,11 +24,11 @@ import benchlib
 import torch
 from lightning.fabric import Fabric
 
-from agentrl import ppo
-from agentrl.advantage import GAE
+from agentrl.algorithms import ppo
+from agentrl.algorithms.advantage import GAE
 from agentrl.config import load_config
-from agentrl.fit import build
-from agentrl.learner import accumulate_gradients
+from agentrl.training.build import build
+from agentrl.training.learner import accumulate_gradients
 
 
 def epoch(fabric: Fabric, policy: Any, policy_f: Any, data: Any, rollout: Any, cfg: Any, seed: int,
@@ -38,9 +38,8 @@ def epoch(fabric: Fabric, policy: Any, policy_f: Any, data: Any, rollout: Any, c
     order = torch.Generator().manual_seed(seed)
     sums: dict[str, float] = {}
     t0 = time.perf_counter()
-    lengths = rollout.lengths if sort else None
-    for mb in data.minibatches(rollout.size, cfg.ppo.minibatch_size, order, lengths=lengths):
-        terms = accumulate_gradients(fabric, policy, policy_f, rollout, mb, cfg)
+    for mb in data.loader(rollout, micro_batch_size=cfg.ppo.micro_batch_size, generator=order, sort=sort):
+        terms = accumulate_gradients(fabric, policy_f, mb)
         terms.pop("first_micro_ratio_error")  # of the first micro-batch: differs with the micro size by design
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v

@@ -61,7 +61,7 @@ def model_path(model: str, work: Path) -> str:
     if model in ("tiny", "2b"):
         if model == "tiny":
             return "tiny"
-        from agentrl.tiny import make_tiny_model
+        from agentrl.policy.tiny.build import make_tiny_model
 
         out = work / "vlm2b"
         make_tiny_model(str(out), "2b")
@@ -74,10 +74,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import bench_update
     from transformers.utils import logging as hf_logging
 
+    from agentrl.commands.evaluate import evaluate
+    from agentrl.commands.fit import fit
+    from agentrl.commands.sft import sft
     from agentrl.config import load_config
-    from agentrl.evaluate import evaluate
-    from agentrl.fit import fit
-    from agentrl.sft import sft
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()

@@ -25,7 +25,6 @@ MAX_CHARS = 200
 MAX_DEPTH = 32
 """Deepest parenthesis nesting accepted."""
 
-OPERATORS = ("+", "-", "*", "/")
 _TOKEN = re.compile(r"\s*(?:([0-9]+)|(.))", re.DOTALL)
 
 

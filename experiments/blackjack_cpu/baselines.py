@@ -3,7 +3,7 @@
     python experiments/blackjack_cpu/baselines.py --episodes 1000 --seeds 1,2,3
 
 Each plays the same episodes `agentrl eval -c conf/study/blackjack_ppo.yaml seed=S --episodes N`
-plays (``agentrl.evaluate.run_episodes``, eval split, 8 envs), reading the state from the
+plays (``agentrl.data.episodes.run_episodes``, eval split, 8 envs), reading the state from the
 prompt's text (the study writes it there: prompt.text_state=true).
 """
 
@@ -14,11 +14,11 @@ from statistics import mean
 import numpy as np
 
 from agentrl.config import load_config
-from agentrl.decoding import Generation
+from agentrl.config.registry import Components
+from agentrl.data.episodes import run_episodes, summarize
 from agentrl.envs.gym_cards.cards import Card
 from agentrl.envs.gym_cards.experts import basic_strategy
-from agentrl.evaluate import run_episodes, summarize
-from agentrl.registry import Components
+from agentrl.policy.decoding import Generation
 
 STATE = re.compile(r"Dealer shows: (\w+)\nYour cards: .* \(sum (\d+)(, usable ace)?\)")
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from agentrl import sft as S
-from agentrl.checkpoint import load_trainable, resolve_resume
+from agentrl.commands import sft as S
 from agentrl.config import load_config
-from agentrl.fit import build
+from agentrl.data.sft import expert_examples
+from agentrl.training.build import build
+from agentrl.training.checkpoint import load_trainable, resolve_resume
 
 
 def named_move(thoughts: object) -> str | None:
@@ -65,7 +66,7 @@ def main() -> None:
     data.envs.close()
     load_trainable(policy, resolve_resume(args.checkpoint, "checkpoint"), value_head=False)
     policy.eval()
-    examples = S.expert_examples(cfg, args.states, split="eval", seed=1)
+    examples = expert_examples(cfg, args.states, split="eval", seed=1)
     # a finished episode's frame (current == target) has no right move; leave those out
     examples = [e for e in examples if e.obs is None or "already equals" not in e.answer]
     out = {"checkpoint": args.checkpoint, "cot": cfg.prompt.cot, "states": len(examples)}

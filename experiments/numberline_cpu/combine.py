@@ -4,7 +4,7 @@
 
 Reads the held-out evals (<out>/eval/*.json), the two sweeps (<out>/sweep_lambda, <out>/sweep_nocot) and
 their TensorBoard events; writes results.md (markdown tables) and success.png (both sweeps' training
-success curves in one plot, drawn by agentrl.sweep.plot_success) next to this file, and prints results.md.
+success curves in one plot, drawn by agentrl.commands.sweep.plot_success) next to this file, and prints results.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from agentrl.sweep import plot_success, read_events
+from agentrl.commands.sweep import plot_success, read_events
 
 HERE = Path(__file__).resolve().parent
 CONDITIONS = [  # (label, eval name of the run, eval name of its start, sweep dir, combination)

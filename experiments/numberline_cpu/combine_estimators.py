@@ -13,7 +13,7 @@ from pathlib import Path
 
 from combine import mean, pct, run_seconds, spread, success
 
-from agentrl.sweep import plot_success, read_events
+from agentrl.commands.sweep import plot_success, read_events
 
 HERE = Path(__file__).resolve().parent
 RUNS = [("gae", "PPO + GAE (value head)", "sweep_gae"), ("grpo", "GRPO, G=4", "sweep_group"),

@@ -15,9 +15,11 @@ import torch
 
 torch.set_num_threads(1)
 
-from agentrl import sft as S  # noqa: E402
+from agentrl.commands import sft as S  # noqa: E402
 from agentrl.config import load_config  # noqa: E402
-from agentrl.tiny import TinySpec, build_tiny_vlm, default_corpus  # noqa: E402
+from agentrl.data.sft import expert_examples  # noqa: E402
+from agentrl.policy.tiny.build import build_tiny_vlm, default_corpus  # noqa: E402
+from agentrl.policy.tiny.spec import TinySpec  # noqa: E402
 
 
 def readout(policy, examples, batch=20):
@@ -49,7 +51,7 @@ if __name__ == "__main__":
     data = S.encode(policy, examples)
     warmup = S.encode(policy, [S.perception(e) for e in examples]) if cfg.sft.perception_epochs else None
     metrics = S.train(policy, data, cfg, warmup=warmup)
-    held_out = S.expert_examples(cfg, 60, split="eval", seed=1)
+    held_out = expert_examples(cfg, 60, split="eval", seed=1)
     policy.decoder.max_new_tokens = 48
     acc, last = readout(policy, held_out)
     print(json.dumps({"spec": spec_kw, "args": args, "total_s": round(time.time() - t, 1),

@@ -1,4 +1,4 @@
-"""Run by tests/test_sharding.py as `python checkpoint_failure.py OUT`; Fabric relaunches it for rank 1.
+"""Run by tests/training/test_sharding.py as `python checkpoint_failure.py OUT`; Fabric relaunches it for rank 1.
 
 A sharded checkpoint's folder is made by rank 0 and broadcast; here rank 0 cannot make it (the disk is full).
 Each rank writes the error it ended with to OUT/rank<r>.json: every rank must stop with rank 0's reason,
@@ -15,9 +15,9 @@ from types import SimpleNamespace
 
 from lightning.fabric import Fabric
 
-from agentrl import resume
 from agentrl.config import load_config
-from agentrl.distributed import make_strategy
+from agentrl.training import resume
+from agentrl.training.distributed import make_strategy
 
 
 def full_disk(ckpt_dir: Path) -> Path:
@@ -31,11 +31,10 @@ def main(out: Path) -> None:
     fabric.launch()
     if fabric.global_rank == 0:
         resume.begin_checkpoint = full_disk
-    learner = SimpleNamespace(sharded=True, cfg=SimpleNamespace(trainer=SimpleNamespace(checkpoint_format="sharded")),
-                              shuffle=SimpleNamespace(get_state=dict))
+    learner = SimpleNamespace(sharded=True, cfg=SimpleNamespace(trainer=SimpleNamespace(checkpoint_format="sharded")))
     try:
         resume.save_update(fabric, out / "checkpoints" / "update_000001", policy=None, learner=learner,
-                           data=SimpleNamespace(state_dict=dict), run=resume.RunState(window=deque()),
+                           data=SimpleNamespace(state_dict=dict, shuffle=SimpleNamespace(get_state=dict)), run=resume.RunState(window=deque()),
                            config_yaml="", meta={})
         seen = {"type": None, "message": "saved"}
     except Exception as e:

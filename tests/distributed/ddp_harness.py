@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py as `python ddp_harness.py OUT [PRECISION] [uneven]`; Fabric relaunches it for rank 1.
+"""Run by tests/training/test_distributed.py as `python ddp_harness.py OUT [PRECISION] [uneven]`; Fabric relaunches it for rank 1.
 
 With PRECISION bf16-mixed the model is a bfloat16 base with float32 LoRA
 adapters (the paper configs' setting), every forward under autocast.
@@ -17,9 +17,9 @@ import torch
 from harness_rollout import same_rollout_on_every_rank  # beside this script
 from lightning.fabric import Fabric
 
-from agentrl import ppo
+from agentrl.algorithms import ppo
 from agentrl.config import load_config
-from agentrl.learner import accumulate_gradients, whiten_global
+from agentrl.training.learner import accumulate_gradients, whiten_global
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,7 +63,7 @@ def main(out: Path, precision: str, uneven: bool = False) -> None:
 
     optimizer = torch.optim.Adam([p for p in policy.parameters() if p.requires_grad], lr=1e-3)
     policy_f, optimizer = fabric.setup(policy, optimizer)
-    local = accumulate_gradients(fabric, policy, policy_f, rollout, mine, cfg)  # scale 1/4, DDP averages
+    local = accumulate_gradients(fabric, policy_f, data.loader(rollout).minibatch(mine))  # scale 1/4, DDP averages
     names = [n for n, p in policy.named_parameters() if p.requires_grad]
     got = dict(policy.named_parameters())
     whole = float(torch.cat([(got[n].grad - ref[n]).flatten() for n in names]).norm()

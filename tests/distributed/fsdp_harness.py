@@ -1,4 +1,4 @@
-"""Run by tests/test_sharding.py as `python fsdp_harness.py OUT MODE [PRECISION]`; Fabric relaunches it for rank 1.
+"""Run by tests/training/test_sharding.py as `python fsdp_harness.py OUT MODE [PRECISION]`; Fabric relaunches it for rank 1.
 
 Both ranks build the same LoRA policy and collect the same 8-sample rollout before
 anything is sharded; the single-process reference is one backward over all 8
@@ -19,12 +19,12 @@ import torch
 from harness_rollout import same_rollout_on_every_rank  # beside this script
 from lightning.fabric import Fabric
 
-import agentrl.learner as learner_module
-from agentrl import ppo
+import agentrl.training.learner as learner_module
+from agentrl.algorithms import ppo
 from agentrl.config import load_config
-from agentrl.distributed import make_strategy
-from agentrl.learner import Learner, accumulate_gradients
-from agentrl.sharding import fsdp_units, gathered
+from agentrl.policy.sharding import fsdp_units, gathered
+from agentrl.training.distributed import make_strategy
+from agentrl.training.learner import Learner, accumulate_gradients
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,18 +71,18 @@ def main(out: Path, mode: str, precision: str = "32-true") -> None:
 
         def inflated(*args, **kwargs):
             terms = real(*args, **kwargs)
-            terms["approx_kl"] = 4.0 * len(args[4]) if rank == 0 else 0.0
+            terms["approx_kl"] = 4.0 * len(args[2]) if rank == 0 else 0.0
             return terms
 
         learner_module.accumulate_gradients = inflated
         with gathered(policy), fabric.autocast():  # as fit does before an update: a rollout, sharded model
             data.collect()
         policy.train()
-        losses = learner.update(rollout, data)
+        losses = learner.update(data.loader(rollout))
         result["optimizer_steps"] = losses["optimizer_steps"]
-        result["planned_per_epoch"] = learner.minibatches
+        result["planned_per_epoch"] = data.minibatches
     else:
-        accumulate_gradients(fabric, policy, learner.policy_f, rollout, mine, cfg)
+        accumulate_gradients(fabric, learner.policy_f, data.loader(rollout).minibatch(mine), sharded=True)
         got = {n: p.grad.full_tensor() for n, p in policy.named_parameters() if p.requires_grad}
         result["grad_rel_error"] = float(torch.cat([(got[n] - ref[n]).flatten() for n in names]).norm()
                                          / torch.cat([ref[n].flatten() for n in names]).norm())

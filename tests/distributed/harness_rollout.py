@@ -3,9 +3,9 @@
 import torch
 from lightning.fabric import seed_everything
 
-from agentrl import ppo
-from agentrl.advantage import GAE
-from agentrl.fit import build
+from agentrl.algorithms import ppo
+from agentrl.algorithms.advantage import GAE
+from agentrl.training.build import build
 
 
 def same_rollout_on_every_rank(fabric, cfg, *, lora_noise: bool):

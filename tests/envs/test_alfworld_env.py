@@ -12,11 +12,11 @@ pytest.importorskip("alfworld")
 pytest.importorskip("textworld")
 
 from agentrl.config import ConfigError, EnvConfig  # noqa: E402
+from agentrl.data.memory import EpisodeMemory  # noqa: E402
 from agentrl.envs.alfworld import AlfworldModule, generate  # noqa: E402
 from agentrl.envs.alfworld.scene import draw_scene  # noqa: E402
 from agentrl.envs.alfworld.state import SceneState  # noqa: E402
-from agentrl.prompts import AlfworldTemplate  # noqa: E402
-from agentrl.rollout import EpisodeMemory  # noqa: E402
+from agentrl.prompting.templates import AlfworldTemplate  # noqa: E402
 
 TYPES = {"pick", "look", "clean", "heat", "cool", "pick2"}
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from agentrl.config import ConfigError, EnvConfig
+from agentrl.config.registry import ENVS, resolve
 from agentrl.envs.base import EnvObs
 from agentrl.envs.gym_cards import BlackjackModule, EZPointsModule, NumberLineModule, Points24Module
 from agentrl.envs.gym_cards.module import env_seed
-from agentrl.registry import ENVS, resolve
 
 
 def _module(cls=NumberLineModule, split="train", **kwargs):

@@ -4,7 +4,7 @@ import io
 
 from rich.console import Console
 
-from agentrl.play import run_play
+from agentrl.commands.play import run_play
 
 
 def _run(game, lines, options=None, **kwargs):

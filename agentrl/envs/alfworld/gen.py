@@ -218,7 +218,7 @@ def _progress() -> Any:
         TimeElapsedColumn,
     )
 
-    from agentrl.report import make_console
+    from agentrl.console import make_console
 
     return Progress(
         SpinnerColumn(),

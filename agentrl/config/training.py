@@ -180,7 +180,7 @@ class SFTConfig:
     """Supervised warm start (`agentrl sft`): teacher-forced loss on expert answers only."""
 
     data: str = "expert"
-    """"expert" (the env's expert along mixed expert/random trajectories) or a JSONL file (format in agentrl/commands/sft.py)."""
+    """"expert" (the env's expert along mixed expert/random trajectories) or a JSONL file (format in agentrl/data/sft.py)."""
     examples: int = 512
     """Expert examples to generate (data=expert)."""
     explore: float = 0.5

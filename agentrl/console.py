@@ -13,7 +13,6 @@ LOG_WIDTH = 10_000
 """Columns of a console that writes to a file or pipe: wide enough that no line is cut or wrapped."""
 
 
-
 class _Unpadded:
     """``sys.stderr`` (looked up at each write) without the trailing spaces rich pads its lines with."""
 
@@ -31,7 +30,6 @@ class _Unpadded:
     @property
     def encoding(self) -> str:  # rich draws ASCII boxes for an ASCII stream
         return getattr(sys.stderr, "encoding", None) or "utf-8"
-
 
 
 def make_console(**kwargs: Any) -> Console:

@@ -18,7 +18,6 @@ def gather_objects(obj: Any, world_size: int) -> list[Any]:
     return out
 
 
-
 def reduce_sums(fabric: Any, values: dict[str, float]) -> dict[str, float]:
     """Sum each value over ranks (one all-reduce)."""
     if fabric.world_size == 1:

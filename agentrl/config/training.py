@@ -56,7 +56,6 @@ class PPOConfig:
                               f"ppo.micro_batch_size ({self.micro_batch_size})")
 
 
-
 @dataclass
 class AdvantageConfig:
     """How rollouts become advantages."""
@@ -74,7 +73,6 @@ class AdvantageConfig:
         check_ranges("advantage.", self, step_weight=">= 0")
         check_choice(f"advantage.reward_scaling (advantage.estimator={self.estimator})", self.reward_scaling,
                      ("none", "return_std") if self.estimator == "gae" else ("none",))
-
 
 
 @dataclass
@@ -100,7 +98,6 @@ class RolloutConfig:
         check_ranges("rollout.", self, steps_per_update=">= 1", temperature="> 0", top_p="(0, 1]",
                       max_new_tokens=">= 1", group_size=">= 1")
         check_choice("rollout.logprobs_from", self.logprobs_from, ("auto", "generate", "forward"))
-
 
 
 @dataclass
@@ -172,7 +169,6 @@ class TrainerConfig:
         if "${" not in self.out_dir and (size > 255 or "\0" in self.out_dir):  # left alone while ${...} remains
             raise ConfigError(f"trainer.out_dir must have no NUL and path components of at most 255 bytes (the "
                               f"file system limit), got {self.out_dir!r} (longest component {size} bytes)")
-
 
 
 @dataclass

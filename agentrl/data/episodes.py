@@ -60,7 +60,6 @@ def run_episodes(policy: Any, envs: Any, template: Any, parser: Any, episodes: i
     return [records[k] for k in range(episodes)]
 
 
-
 def summarize(records: list[dict[str, Any]]) -> dict[str, float]:
     """The metrics over ``records`` (see the module docstring)."""
     steps = sum(r["length"] for r in records)

@@ -20,7 +20,6 @@ def has_frames(history: list[Step]) -> bool:
     return any(len(step) > 2 for step in history)
 
 
-
 def encode_prompt(policy: PolicyModule, template: PromptTemplate, obs: EnvObs, history: Sequence[Step] = (),
                   max_image_tokens: int | None = None) -> Prompt:
     """The policy's input for ``obs`` after ``history``, within ``max_image_tokens`` (``prompt.max_image_tokens``).
@@ -43,7 +42,6 @@ def encode_prompt(policy: PolicyModule, template: PromptTemplate, obs: EnvObs, h
         history[framed[0]] = tuple(history[framed[0]][:2])
 
 
-
 def within_budget(policy: PolicyModule, prompt: Prompt, max_image_tokens: int | None) -> Prompt:
     """``prompt``, checked against ``max_image_tokens``: a prompt whose own image(s) pass it is a
     :class:`ConfigError` (every encoding path checks it the same way, so the first prompt fails, not a later eval)."""
@@ -53,7 +51,6 @@ def within_budget(policy: PolicyModule, prompt: Prompt, max_image_tokens: int | 
             raise ConfigError(f"prompt.max_image_tokens={max_image_tokens} is below the {used} image tokens of the "
                               f"observation's own image: raise it (or set null for no budget)")
     return prompt
-
 
 
 class EpisodeMemory:

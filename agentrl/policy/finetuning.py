@@ -14,7 +14,6 @@ from agentrl.config import ConfigError, LoraConfig, ModelConfig
 _REGEX_CHARS = set("\\^$.*+?()[]{}|")
 
 
-
 def apply_finetuning(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     """Make the right parameters trainable: PEFT LoRA adapters (``lora``) or every weight (``full``).
 
@@ -47,14 +46,12 @@ def apply_finetuning(model: nn.Module, cfg: ModelConfig) -> nn.Module:
         return float32_trainables(get_peft_model(model, peft_config))
 
 
-
 def float32_trainables(model: nn.Module) -> nn.Module:
     """Cast every trainable parameter to float32 in place (before any wrapper such as DDP sees them)."""
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     return model
-
 
 
 def _enable_checkpointing(model: nn.Module) -> None:
@@ -64,7 +61,6 @@ def _enable_checkpointing(model: nn.Module) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
 
 
 def lora_target_modules(model: nn.Module, lora: LoraConfig) -> list[str]:
@@ -97,7 +93,6 @@ def lora_target_modules(model: nn.Module, lora: LoraConfig) -> list[str]:
             f"use all-linear, names such as q_proj,v_proj, or a regex over full names like {example!r}"
         )
     return names
-
 
 
 def _lora_scope(model: nn.Module, vision_tower: bool) -> dict[str, nn.Module]:

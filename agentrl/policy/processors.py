@@ -59,10 +59,8 @@ def load_processor(path: Path, name: str | None = None) -> Any:
     return processor
 
 
-
 def _first_line(e: BaseException) -> str:
     return next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-
 
 
 def _missing_package(e: BaseException | None) -> str | None:
@@ -73,10 +71,8 @@ def _missing_package(e: BaseException | None) -> str | None:
     return e.name or (found.group(1).lower() if found else None)
 
 
-
 def _is_vlm_processor(processor: Any) -> bool:
     return getattr(processor, "image_processor", None) is not None and getattr(processor, "tokenizer", None) is not None
-
 
 
 def _has_video_part(class_name: str) -> bool:
@@ -84,7 +80,6 @@ def _has_video_part(class_name: str) -> bool:
 
     cls = getattr(transformers, class_name, None)
     return isinstance(cls, type) and "video_processor" in inspect.signature(cls.__init__).parameters
-
 
 
 def _processor_class(path: Path) -> str | None:
@@ -99,7 +94,6 @@ def _processor_class(path: Path) -> str | None:
         if name:
             return str(name)
     return None
-
 
 
 def _image_only_from_pretrained(path: Path, class_name: str) -> Any:
@@ -137,9 +131,7 @@ def _image_only_from_pretrained(path: Path, class_name: str) -> Any:
     return image_only(image_processor=image_processor, tokenizer=tokenizer, chat_template=template, **keep)
 
 
-
 _IMAGE_ONLY: dict[type, type] = {}
-
 
 
 def image_only_processor(cls: type) -> type:
@@ -172,7 +164,6 @@ def image_only_processor(cls: type) -> type:
     return _IMAGE_ONLY[cls]
 
 
-
 def suppressed_token_ids(processor: Any) -> list[int]:
     """Token ids a sampled answer must never contain: the image (and video) placeholders.
 
@@ -187,7 +178,6 @@ def suppressed_token_ids(processor: Any) -> list[int]:
     return sorted({i for i in ids if i is not None})
 
 
-
 def image_token_count(processor: Any, width: int, height: int) -> int:
     """Placeholder tokens one ``width`` x ``height`` image expands to (found by running the processor)."""
     from PIL import Image
@@ -200,7 +190,6 @@ def image_token_count(processor: Any, width: int, height: int) -> int:
     token = processor.tokenizer.convert_ids_to_tokens(image_id)
     batch = processor(text=[token], images=[Image.new("RGB", (width, height))], return_tensors="pt")
     return int((batch["input_ids"] == image_id).sum())
-
 
 
 def _placeholder_id(processor: Any, kind: str) -> int | None:

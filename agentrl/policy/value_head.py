@@ -27,7 +27,6 @@ class ValueHead(nn.Module):
             return self.net(h.float()).squeeze(-1).clone()
 
 
-
 class NoValueHead(nn.Module):
     """A critic-free policy's stand-in: no parameters, V = 0 (nothing is built, trained or saved)."""
 

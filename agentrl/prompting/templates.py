@@ -27,7 +27,6 @@ FRAME = "\x00frame\x00"
 """Where an earlier step's image goes in the prompt text; :meth:`PromptTemplate.messages` makes each an image item."""
 
 
-
 class PromptTemplate(ABC):
     """Base template: task text + legal actions + JSON output format."""
 

@@ -28,7 +28,6 @@ def build(cfg: Config, split: str = "train", rank: int = 0, world_size: int = 1,
     return policy.eval(), data  # eval mode: from_pretrained + PEFT leave LoRA's dropout active
 
 
-
 def set_threads(num_threads: int | None, world_size: int) -> None:
     """One thread per process when several share the CPU (2 threads on a busy core ran 100x slower)."""
     if num_threads is None and world_size > 1:

@@ -66,7 +66,6 @@ def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = No
     return model, processor
 
 
-
 def tiny_config(spec: TinySpec, tokenizer: Any) -> Any:
     """The ``LlavaConfig`` of ``spec`` (CLIP vision tower + Llama text model) for ``tokenizer``."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig

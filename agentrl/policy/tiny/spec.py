@@ -15,23 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 IMAGE_TOKEN = "<image>"
-
-
-
 PAD_TOKEN = "<pad>"
-
-
-
 BOS_TOKEN = "<|im_start|>"
-
-
-
 EOS_TOKEN = "<|im_end|>"
-
-
-
 SPECIAL_TOKENS = [PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, IMAGE_TOKEN]
-
 
 
 # ChatML. A message's content is a string or a list of {"type": "image"} /
@@ -50,15 +37,12 @@ _CHATML = (
 )
 
 
-
 def chatml_template(image: str = IMAGE_TOKEN) -> str:
     """The ChatML chat template, rendering an image item as ``image`` (Qwen wraps its pad token in vision tags)."""
     return _CHATML.replace("'IMAGE'", repr(image))
 
 
-
 CHAT_TEMPLATE = chatml_template()
-
 
 
 @dataclass(frozen=True)
@@ -93,7 +77,6 @@ class TinySpec:
         return (self.image_size // self.patch_size) ** 2
 
 
-
 SIZES = {
     "tiny": TinySpec(),
     # A ~1.6B-parameter LLaVA for GPU throughput and memory checks (random weights, never trained):
@@ -110,7 +93,6 @@ SIZES = {
                      text_hidden=896, text_layers=24, text_heads=14, text_kv_heads=2, text_intermediate=4864),
 }
 """Named specs for ``agentrl make-tiny-model --size``."""
-
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 3000, max_length: int = 2048, *,

@@ -1,4 +1,7 @@
-"""Environments; importing this registers the gym_cards games with gymnasium.
+"""Environments: :mod:`.base` (EnvModule, the contract the rollout reads: batched reset and step, each
+observation's image, text and legal actions), :mod:`.gym_cards` (NumberLine, EZPoints, Points24, Blackjack),
+:mod:`.alfworld` (the real TextWorld engine, the offline game generator) and :mod:`.formula` (exact arithmetic).
+Importing this registers the gym_cards games with gymnasium.
 
 ``gymnasium.make("agentrl/NumberLine-v0")`` (also EZPoints, Points24,
 Blackjack) works after ``import agentrl.envs``. Entry points are strings, so

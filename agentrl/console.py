@@ -3,6 +3,7 @@ wrapped at 80 columns, so tables, log lines and the progress line come out whole
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from typing import Any
@@ -39,3 +40,13 @@ def make_console(**kwargs: Any) -> Console:
     if console.is_terminal:
         return console
     return Console(file=_Unpadded(), width=LOG_WIDTH, log_path=False, **kwargs)  # type: ignore[arg-type]
+
+
+def percent(x: float) -> str:
+    """``x`` (a share, 0..1) as "12.3%" in tables and log lines; "-" for NaN (nothing measured)."""
+    return "-" if math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def number(x: float, digits: int = 2) -> str:
+    """``x`` with ``digits`` decimals in tables and log lines; "-" for NaN (nothing measured)."""
+    return "-" if math.isnan(x) else f"{x:.{digits}f}"

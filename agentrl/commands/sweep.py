@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from agentrl.config import ConfigError, load_config
-from agentrl.console import make_console
+from agentrl.console import make_console, number, percent
 
 TAGS = {"env_steps": "charts/env_steps", "success_rate": "charts/success_rate",
         "episode_return": "charts/episode_return", "parse_failure_rate": "parse/failure_rate"}
@@ -365,19 +365,11 @@ def run_sweep(config: str | None, overrides: list[str], grid_items: list[str], s
     for col in ("combination", "seeds", "mean", "std", "min-max", "return", "parse fail", "env steps"):
         table.add_column(col, justify="left" if col == "combination" else "right")
     for s in summary:
-        table.add_row(s["combination"], str(s["seeds"]), _pct(s["success_mean"]), _pct(s["success_std"]),
-                      f"{_pct(s['success_min'])}-{_pct(s['success_max'])}", _num(s["episode_return_mean"]),
-                      _pct(s["parse_failure_rate_mean"]), _num(s["env_steps"], 0))
+        table.add_row(s["combination"], str(s["seeds"]), percent(s["success_mean"]), percent(s["success_std"]),
+                      f"{percent(s['success_min'])}-{percent(s['success_max'])}", number(s["episode_return_mean"]),
+                      percent(s["parse_failure_rate_mean"]), number(s["env_steps"], 0))
     console.print(table)
     console.print(f"wrote {sweep_dir / 'results.csv'}, summary.csv and success.png")
     for job in failed:
         console.print(f"[red]failed[/]: {job.run.name}: see {job.out_dir / 'fit.log'}")
     return 1 if failed else 0
-
-
-def _pct(x: float) -> str:
-    return "-" if math.isnan(x) else f"{100 * x:.1f}%"
-
-
-def _num(x: float, digits: int = 2) -> str:
-    return "-" if math.isnan(x) else f"{x:.{digits}f}"

@@ -39,7 +39,6 @@ from agentrl.algorithms.batches import Rollout
 from agentrl.data.memory import EpisodeMemory
 from agentrl.data.rollout import CollectAbandoned, RolloutDataModule
 from agentrl.envs.base import EnvObs, EpisodeStats
-from agentrl.prompting.parsing import action_span_start
 
 EPISODE_CAP = 200
 """Steps after which a grouped episode is cut when ``env.max_episode_steps`` is not set."""
@@ -162,16 +161,9 @@ class GroupRolloutDataModule(RolloutDataModule):
             pending = {}
             for k, i in enumerate(slots):
                 obs, text = self._obs[i], gen.texts[k]
-                result = self.parser.parse(text, obs.legal_actions)
-                penalty = 0.0
-                if result.ok:
-                    actions[i] = result.action
-                else:
-                    actions[i] = obs.legal_actions[self.rng.integers(len(obs.legal_actions))]
-                    penalty, failures = self.failure_penalty, failures + 1
-                start_char = result.action_span[0] if result.action_span else action_span_start(text) if result.ok \
-                    else None
-                w = self.policy.token_weights(gen.ids[k], start_char, self.cot)
+                actions[i], failed, w = self.act(obs, text, gen.ids[k])
+                penalty = self.failure_penalty if failed else 0.0
+                failures += failed
                 pending[i] = {"prompt": prompts[k], "ids": gen.ids[k], "weights": w, "text": text,
                               "penalty": penalty, "anchor": anchor_id(obs)}
                 if from_generate:

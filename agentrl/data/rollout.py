@@ -190,18 +190,12 @@ class RolloutDataModule(L.LightningDataModule):
             t_gen += time.perf_counter() - t0
             actions, penalties = [], np.zeros(N, np.float32)
             for i, (obs, text) in enumerate(zip(self._obs, gen.texts)):
-                result = self.parser.parse(text, obs.legal_actions)
-                if result.ok:
-                    actions.append(result.action)
-                else:  # as the reference: a uniformly random legal action, optionally penalised
-                    actions.append(obs.legal_actions[self.rng.integers(len(obs.legal_actions))])
+                action, failed, w = self.act(obs, text, gen.ids[i])
+                actions.append(action)
+                weights.append(w)
+                if failed:
                     penalties[i] = self.failure_penalty
                     failures += 1
-                # the tokens of the action the parser read are the action; those before it the thoughts.
-                # A parser that names an action without its span (a user's) falls back to the first key.
-                start = result.action_span[0] if result.action_span else action_span_start(text) if result.ok \
-                    else None
-                weights.append(self.policy.token_weights(gen.ids[i], start, self.cot))
                 if from_generate:
                     gen_logp.append((gen.token_logp[i] * weights[-1]).sum())
                     token_logp.append(gen.token_logp[i].float().cpu())
@@ -258,6 +252,20 @@ class RolloutDataModule(L.LightningDataModule):
         )
 
     @torch.no_grad()
+    def act(self, obs: EnvObs, text: str, ids: Tensor) -> tuple[str, bool, Tensor]:
+        """The action ``text`` names among ``obs``'s legal ones, whether parsing failed, and the per-token weights
+        (T,) of the lambda-weighted log-prob for the generated ``ids`` (T,).
+
+        A failed parse takes a uniformly random legal action, as the reference does (the caller adds
+        ``rollout.failure_penalty``). The tokens of the action the parser read are the action, those before
+        it the thoughts; a parser that names an action without its span (a user's) falls back to the first
+        action key.
+        """
+        result = self.parser.parse(text, obs.legal_actions)
+        action = result.action if result.ok else obs.legal_actions[self.rng.integers(len(obs.legal_actions))]
+        start = result.action_span[0] if result.action_span else action_span_start(text) if result.ok else None
+        return action, not result.ok, self.policy.token_weights(ids, start, self.cot)
+
     def score(self, prompts: list[Prompt], gen_ids: list[Tensor], weights: list[Tensor],
               reference: bool = False) -> tuple[Tensor, Tensor]:
         """Weighted log-probs (B,) and values (B,), in batched teacher-forced chunks.

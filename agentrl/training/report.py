@@ -1,6 +1,6 @@
 """What a run shows: TensorBoard scalars and sample images, a rich progress bar, a closing table.
 
-TensorBoard tags (also in the README's metrics table), logged against env steps (``charts/update`` is the update):
+TensorBoard tags (also in docs/metrics.md), logged against env steps (``charts/update`` is the update):
   charts/success_rate   share of successful episodes among the last trainer.success_window (training-time,
                         the paper's metric)
   charts/episode_return mean undiscounted return of episodes that ended this update
@@ -25,7 +25,7 @@ from rich.table import Table
 
 from agentrl.algorithms.batches import Rollout
 from agentrl.algorithms.collectives import reduce_sums
-from agentrl.console import make_console
+from agentrl.console import make_console, number, percent
 
 
 class Reporter:
@@ -54,16 +54,16 @@ class Reporter:
 
     def _note_eval(self, step: int, metrics: dict[str, float]) -> None:
         self.evals.append((step, metrics["eval/success_rate"]))
-        self.progress.console.log(f"held-out at update {step}: success {_pct(metrics['eval/success_rate'])}  "
-                                  f"return {_num(metrics['eval/return'])}  "
-                                  f"parse-fail {_pct(metrics['eval/parse_failure_rate'])}")
+        self.progress.console.log(f"held-out at update {step}: success {percent(metrics['eval/success_rate'])}  "
+                                  f"return {number(metrics['eval/return'])}  "
+                                  f"parse-fail {percent(metrics['eval/parse_failure_rate'])}")
 
     def update(self, step: int, metrics: dict[str, float], rollout: Rollout, counters: dict[str, int],
                every: int, image_every: int) -> None:
         if not self.enabled:
             return
-        status = (f"success {_pct(metrics['charts/success_rate'])}  return {_num(metrics['charts/episode_return'])}"
-                  f"  parse-fail {_pct(metrics['parse/failure_rate'])}")
+        status = (f"success {percent(metrics['charts/success_rate'])}  return {number(metrics['charts/episode_return'])}"
+                  f"  parse-fail {percent(metrics['parse/failure_rate'])}")
         self.progress.update(self.task, completed=step, status=status)
         self.progress.console.log(
             f"update {step}: {status}  policy {metrics['losses/policy']:+.4f}"
@@ -98,10 +98,10 @@ class Reporter:
         rows = [
             ("env steps", str(counters["env_steps"])),
             ("episodes", str(counters["episodes"])),
-            ("success rate (training window)", _pct(metrics.get("charts/success_rate", float("nan")))),
-            ("mean episode return (last update)", _num(metrics.get("charts/episode_return", float("nan")))),
-            ("parse failure rate (last update)", _pct(metrics.get("parse/failure_rate", float("nan")))),
-            ("env steps / s (last update)", _num(metrics.get("perf/env_steps_per_s", float("nan")))),
+            ("success rate (training window)", percent(metrics.get("charts/success_rate", float("nan")))),
+            ("mean episode return (last update)", number(metrics.get("charts/episode_return", float("nan")))),
+            ("parse failure rate (last update)", percent(metrics.get("parse/failure_rate", float("nan")))),
+            ("env steps / s (last update)", number(metrics.get("perf/env_steps_per_s", float("nan")))),
             *self._eval_rows(out_dir),
             ("TensorBoard", f"tensorboard --logdir {out_dir / 'tensorboard'}"),
             ("checkpoint", str(checkpoint) if checkpoint else "-"),
@@ -120,11 +120,11 @@ def _eval_rows_of(evals: list[tuple[int, float]], out_dir: Path) -> list[tuple[s
     if not evals:
         return []
     (u0, s0), (u1, s1) = evals[0], evals[-1]
-    rows = [(f"held-out success (update {u0} -> {u1})", f"{_pct(s0)} -> {_pct(s1)}")]
+    rows = [(f"held-out success (update {u0} -> {u1})", f"{percent(s0)} -> {percent(s1)}")]
     trained = [e for e in evals if e[0] > 0]  # checkpoints/best is the first update that reached the best
     if trained:
         ub, sb = max(trained, key=lambda e: e[1])
-        rows.append(("best held-out", f"{_pct(sb)} at update {ub} ({out_dir / 'checkpoints' / 'best'})"))
+        rows.append(("best held-out", f"{percent(sb)} at update {ub} ({out_dir / 'checkpoints' / 'best'})"))
     return rows
 
 
@@ -166,11 +166,3 @@ def update_metrics(fabric: Any, rollout: Rollout, losses: dict[str, float], wind
     m.update(local)
     m["_samples"] = s["samples"]
     return m
-
-
-def _pct(x: float) -> str:
-    return "-" if math.isnan(x) else f"{100 * x:.1f}%"
-
-
-def _num(x: float) -> str:
-    return "-" if math.isnan(x) else f"{x:.2f}"

@@ -24,6 +24,7 @@ from agentrl.policy.tiny.spec import (
     SPECIAL_TOKENS,
     TinySpec,
     chatml_template,
+    seeded_model,
     train_tokenizer,
 )
 
@@ -90,7 +91,6 @@ def family_vlm(family: str, corpus: Iterable[str], *, seed: int = 0, spec: TinyS
 
     ``dtype``: initialise the weights in it directly, as :func:`agentrl.policy.tiny.llava.tiny_vlm` does.
     """
-    import torch
     from transformers import GenerationConfig
 
     spec = spec or TinySpec()
@@ -99,14 +99,7 @@ def family_vlm(family: str, corpus: Iterable[str], *, seed: int = 0, spec: TinyS
     tokenizer = family_tokenizer(family, corpus, spec)
     build = {"llava_next": _llava_next, "qwen2_vl": _qwen, "qwen2_5_vl": _qwen, "idefics3": _idefics3}[family]
     model_cls, config, processor = build(family, spec, tokenizer)
-    default_dtype = torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            torch.set_default_dtype(dtype or default_dtype)
-            model = model_cls(config).eval()
-        finally:
-            torch.set_default_dtype(default_dtype)
+    model = seeded_model(model_cls, config, seed, dtype)
     eos = [tokenizer.eos_token_id]
     if family.startswith("qwen"):  # as Qwen2-VL-Instruct: <|im_end|> and <|endoftext|> end an answer
         eos.append(tokenizer.convert_tokens_to_ids("<|endoftext|>"))

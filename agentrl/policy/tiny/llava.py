@@ -20,6 +20,7 @@ from agentrl.policy.tiny.spec import (
     PAD_TOKEN,
     SPECIAL_TOKENS,
     TinySpec,
+    seeded_model,
     train_tokenizer,
 )
 
@@ -31,7 +32,6 @@ def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = No
     ``dtype`` (e.g. ``torch.bfloat16``): initialise the weights in it directly (a 2B model
     then needs half the memory to build).
     """
-    import torch
     from transformers import GenerationConfig, LlavaForConditionalGeneration, LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -51,14 +51,7 @@ def tiny_vlm(corpus: Iterable[str], *, seed: int = 0, spec: TinySpec | None = No
         chat_template=CHAT_TEMPLATE,
         image_token=IMAGE_TOKEN,
     )
-    default_dtype = torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        try:
-            torch.set_default_dtype(dtype or default_dtype)
-            model = LlavaForConditionalGeneration(config).eval()
-        finally:
-            torch.set_default_dtype(default_dtype)
+    model = seeded_model(LlavaForConditionalGeneration, config, seed, dtype)
     text = config.text_config
     model.generation_config = GenerationConfig(
         bos_token_id=text.bos_token_id, eos_token_id=text.eos_token_id, pad_token_id=text.pad_token_id

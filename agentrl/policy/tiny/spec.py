@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
@@ -124,3 +125,18 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 3000, max_length: i
         padding_side="left",
         model_max_length=max_length,
     )
+
+
+def seeded_model(model_cls: Any, config: Any, seed: int, dtype: Any = None) -> Any:
+    """``model_cls(config)`` in eval mode, its random weights drawn from ``seed`` (the caller's RNG untouched) and
+    created in ``dtype`` directly (default: torch's default dtype)."""
+    import torch
+
+    default_dtype = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            torch.set_default_dtype(dtype or default_dtype)
+            return model_cls(config).eval()
+        finally:
+            torch.set_default_dtype(default_dtype)

@@ -157,10 +157,3 @@ def _checkpoint_model(ckpt: Path) -> str:
         return f"model.path={made.path}, model.finetune={made.finetune}"
     except Exception:
         return ""
-
-
-def main(cfg: Config, checkpoint: str | None, episodes: int, greedy: bool, out: str | None) -> int:
-    """CLI entry: evaluate and print; exit status 0."""
-    evaluate(cfg, checkpoint, episodes, greedy=greedy, out=out)
-    return 0
-

@@ -41,7 +41,7 @@ class CheckpointWriteError(OSError):
 
 def git_sha() -> str:
     """The source tree's commit (with -dirty when modified), or "unknown" outside git."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # the checkout: agentrl/training/ -> agentrl/ -> root
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
@@ -324,8 +324,10 @@ def load_trainable(policy: torch.nn.Module, ckpt: Path, value_head: bool = True,
             params[name].copy_(tensor)
 
 
-def load_trainer_state(ckpt: Path) -> dict[str, Any]:
-    state = torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False)
+def load_trainer_state(ckpt: Path, mmap: bool = False) -> dict[str, Any]:
+    """``ckpt``'s trainer_state.pt (update, optimizer, schedule, RNGs, envs); a ConfigError if another agentrl
+    format wrote it."""
+    state = torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False, mmap=mmap)
     version = state.get("format_version")
     if version != FORMAT_VERSION:
         raise ConfigError(f"checkpoint {ckpt} has format version {version}; this agentrl reads {FORMAT_VERSION}")

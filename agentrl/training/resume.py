@@ -32,6 +32,7 @@ from agentrl.training.checkpoint import (
     begin_checkpoint,
     complete_checkpoints,
     load_trainable,
+    load_trainer_state,
     prune,
     resolve_resume,
     save_checkpoint,
@@ -125,7 +126,7 @@ def resume(fabric: Any, candidates: list[Path], *, policy: Any, learner: Any, da
             shards = Path(ckpt) / SHARDED_DIR
             trainable = None if shards.is_dir() else \
                 torch.load(Path(ckpt) / "trainable.pt", map_location="cpu", weights_only=True, mmap=mmap)
-            state = torch.load(Path(ckpt) / "trainer_state.pt", map_location="cpu", weights_only=False, mmap=mmap)
+            state = load_trainer_state(Path(ckpt), mmap=mmap)
             if trainable is None:
                 if not getattr(learner, "sharded", False):
                     raise ConfigError(f"checkpoint {ckpt} holds FSDP shards (trainer.checkpoint_format=sharded): "
@@ -154,9 +155,6 @@ def resume(fabric: Any, candidates: list[Path], *, policy: Any, learner: Any, da
 
 def _apply(fabric: Any, ckpt: Path, trainable: dict[str, Any], state: dict[str, Any], *, policy: Any,
            learner: Any, data: Any, run: RunState, estimator: Any = None) -> None:
-    if state.get("format_version") != FORMAT_VERSION:
-        raise ConfigError(f"checkpoint {ckpt} has format version {state.get('format_version')}; this agentrl "
-                          f"reads {FORMAT_VERSION}")
     if trainable is not None:  # else the shards are loaded already
         load_trainable(policy, ckpt, state=trainable)
     _check_world(ckpt, state, fabric)

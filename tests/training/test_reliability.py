@@ -450,6 +450,11 @@ def test_resume_refuses_keys_that_cannot_change(tmp_path, tiny_path):
     with pytest.raises(ConfigError, match=r"env.num_envs=2 \(now 4\).*cannot change on resume"):
         fit(_cfg(tmp_path, "trainer.max_updates=2", "env.num_envs=4", f"trainer.out_dir={out}", "trainer.resume=auto"))
     assert (out / "config.yaml").read_text() == before  # the run dir still describes its checkpoints
+    # a checkpoint another agentrl format wrote is refused by name, not read as this one nor skipped as damaged
+    ckpt = out / "checkpoints" / "update_000001"
+    torch.save({**checkpoint.load_trainer_state(ckpt), "format_version": 1}, ckpt / "trainer_state.pt")
+    with pytest.raises(ConfigError, match=rf"{ckpt} has format version 1; this agentrl reads {checkpoint.FORMAT_VERSION}"):
+        fit(_cfg(tmp_path, "trainer.max_updates=2", f"trainer.out_dir={out}", "trainer.resume=auto"))
 
 
 def test_resume_of_a_checkpoint_older_than_a_key_reads_the_key_as_its_default(tmp_path):

@@ -91,6 +91,9 @@ class RolloutLoader:
         return self.count if self.count is not None else math.ceil(self.rollout.size / self.minibatch_size)
 
     def __iter__(self) -> Iterator[Minibatch]:
+        if self.rollout.advantages is None or self.rollout.returns is None:
+            raise RuntimeError("the rollout's advantages and returns are not filled: run the advantage estimator "
+                               "on it first (rollout.advantages, rollout.returns = estimator(rollout))")
         order = torch.randperm(self.rollout.size, generator=self.generator)
         chunks = order.split(self.minibatch_size)
         if self.count is not None and len(chunks) != self.count:

@@ -47,6 +47,8 @@ def test_train_dataloader_collects_a_fresh_rollout_and_yields_its_minibatches(ti
     again = data.train_dataloader()  # the next epoch's data is collected anew, from where the envs are
     assert again.rollout is not rollout and again.rollout.size == 16
     assert again.rollout.advantages is None  # the estimator fills them, as fit does
+    with pytest.raises(RuntimeError, match=r"rollout's advantages and returns are not filled: .*advantage estimator"):
+        next(iter(again))  # named, not a TypeError from deep inside the collation
     assert any(not torch.equal(a["pixel_values"], b["pixel_values"])  # the envs moved on: other images
                for a, b in zip(rollout.prompts, again.rollout.prompts))
     data.teardown("fit")

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from agentrl.envs.base import EnvObs, EpisodeStats
 from agentrl.prompting.batching import Prompt, TrainInputs
+from agentrl.prompting.candidates import CandidateInputs, Candidates
 
 
 @dataclass
@@ -61,6 +62,9 @@ class Rollout:
     """Grouped rollouts: (B,) int64 id of each sample's observation; identical observations share it."""
     kl_penalty: Tensor | None = None
     """Grouped rollouts with policy.kl_coef: (B,) kl_coef * (log p - log p_ref), subtracted from the advantage."""
+    candidates: list[Candidates] | None = None
+    """The score head (``policy.action_head=score``): each sample's legal actions as scored candidates, the
+    one taken marked; ``gen_ids`` then hold the chosen candidate's tokens."""
     advantages: Tensor | None = None
     """(B,) filled by the trainer."""
     returns: Tensor | None = None
@@ -90,11 +94,12 @@ class MicroBatch:
     __slots__ = ("inputs", "old_logp", "advantages", "old_values", "returns", "old_token_logp", "sample_scale",
                  "token_scale", "stand_in")
 
-    def __init__(self, inputs: TrainInputs, old_logp: Tensor, advantages: Tensor, old_values: Tensor,
+    def __init__(self, inputs: TrainInputs | CandidateInputs, old_logp: Tensor, advantages: Tensor, old_values: Tensor,
                  returns: Tensor, old_token_logp: Tensor | None = None, sample_scale: float = 1.0,
                  token_scale: float = 1.0, stand_in: bool = False) -> None:
         self.inputs = inputs
-        """[left-padded prompt | right-padded answer] model inputs and the per-token weights (b, L)."""
+        """[left-padded prompt | right-padded answer] model inputs and the per-token weights (b, L); the score
+        head's prompts and candidates."""
         self.old_logp = old_logp
         """(b,) weighted log-prob of each answer under the sampling policy."""
         self.advantages = advantages

@@ -149,10 +149,16 @@ class PolicyConfig:
     """Bonus on token entropy of the generated text; 0 turns it off (as the paper)."""
     share_prefix: bool = True
     """Run the prompt prefix a batch shares once (generate, scoring, training); LLaVA, LLaVA-NeXT and Idefics3; Qwen2-VL/2.5-VL run unshared (their 3-D rotary positions), with a warning."""
+    action_head: str = "generate"
+    """How the policy picks an action: "generate" (write the answer token by token; a parser maps it to a legal action) or "score" (a softmax over the step's legal actions of each one's normalised log-likelihood as the answer after the prompt, TWOSOME / GLAM; needs prompt.cot=false)."""
+    normalization: str = "word"
+    """action_head=score: a candidate's log-likelihood divided by its action's words ("word", TWOSOME's released scripts), by its scored tokens ("token"), or not ("sum", which favours short actions)."""
 
     def __post_init__(self) -> None:
         check_ranges("policy.", self, thought_coef="[0, 1]", value_hidden="all >= 1", kl_coef=">= 0",
                       entropy_coef=">= 0")
+        check_choice("policy.action_head", self.action_head, ("generate", "score"))
+        check_choice("policy.normalization", self.normalization, ("word", "token", "sum"))
 
 
 @dataclass
@@ -188,6 +194,14 @@ class Config:
             raise ConfigError(f"rollout.steps_per_update ({self.rollout.steps_per_update}) must be a multiple of "
                               f"env.num_envs ({self.env.num_envs})")
         check_groups(self.advantage.estimator, self.rollout.group_size, self.env.num_envs)
+        if self.policy.action_head == "score":
+            if self.prompt.cot:
+                raise ConfigError("policy.action_head=score scores the legal actions as the whole answer, so there is "
+                                  "no thought to write first (thinking, then scoring after the thought, is not "
+                                  "supported); set prompt.cot=false, or use policy.action_head=generate for CoT")
+            if self.ppo.loss_type == "token":
+                raise ConfigError("ppo.loss_type=token needs generated tokens; with policy.action_head=score the "
+                                  "policy's probability is one per action: use ppo.loss_type=sequence")
         if self.ppo.minibatch_size > self.rollout.steps_per_update:
             raise ConfigError(f"ppo.minibatch_size ({self.ppo.minibatch_size}) exceeds rollout.steps_per_update "
                               f"({self.rollout.steps_per_update}); lower it or collect more steps")

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from agentrl.data.acting import decide
 from agentrl.data.memory import EpisodeMemory, encode_prompt
 
 
@@ -34,16 +35,13 @@ def run_episodes(policy: Any, envs: Any, template: Any, parser: Any, episodes: i
     records: dict[int, dict[str, Any]] = {}
     while len(records) < episodes:
         active = [i for i in range(n) if episode_id[i] < episodes]
-        gen = policy.generate([encode_prompt(policy, template, obs[i], memory.history(i), max_image_tokens)
-                               for i in active], greedy=greedy)
-        actions = [o.legal_actions[0] for o in obs]  # idle envs: any legal action, never counted
-        for i, text in zip(active, gen.texts):
-            result = parser.parse(text, obs[i].legal_actions)
-            if result.ok:
-                actions[i] = result.action
-            else:
-                actions[i] = obs[i].legal_actions[rng.integers(len(obs[i].legal_actions))]
-                fails[i] += 1
+        prompts = [encode_prompt(policy, template, obs[i], memory.history(i), max_image_tokens) for i in active]
+        chosen = decide(policy, template, parser, prompts, [obs[i] for i in active], greedy=greedy, rng=rng,
+                        with_logp=False, act=lambda o, text, ids: parsed(parser, o, text, rng))
+        actions = [o.legal_actions[0] if o.legal_actions else "" for o in obs]  # idle envs: never counted
+        for i, action, failed in zip(active, chosen.actions, chosen.failed):
+            actions[i] = action
+            fails[i] += failed
         step = envs.step(actions)
         for i in range(n):
             memory.record(i, obs[i], actions[i])
@@ -58,6 +56,14 @@ def run_episodes(policy: Any, envs: Any, template: Any, parser: Any, episodes: i
             episode_id[i], next_id, fails[i] = next_id, next_id + 1, 0
         obs = step.obs
     return [records[k] for k in range(episodes)]
+
+
+def parsed(parser: Any, obs: Any, text: str, rng: np.random.Generator) -> tuple[str, bool, None]:
+    """The legal action ``text`` names, or a uniformly random legal one when it names none (counted as failed)."""
+    result = parser.parse(text, obs.legal_actions)
+    if result.ok:
+        return result.action, False, None
+    return obs.legal_actions[rng.integers(len(obs.legal_actions))], True, None
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, float]:

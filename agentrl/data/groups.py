@@ -153,22 +153,23 @@ class GroupRolloutDataModule(RolloutDataModule):
             slots = sorted(running)
             prompts = self.encode_all([self._obs[i] for i in slots], slots)
             t0 = time.perf_counter()
-            gen = self.policy.generate(prompts, score=from_generate)
+            d = self.decide(prompts, [self._obs[i] for i in slots], with_logp=from_generate)
             t_gen += time.perf_counter() - t0
             if not to_log:
-                to_log = self.for_log([self._obs[i] for i in slots], gen.texts, prompts)
+                to_log = self.for_log([self._obs[i] for i in slots], d.texts, prompts)
             actions = [o.legal_actions[0] for o in self._obs]  # waiting envs: any legal action, result unused
             pending = {}
             for k, i in enumerate(slots):
-                obs, text = self._obs[i], gen.texts[k]
-                actions[i], failed, w = self.act(obs, text, gen.ids[k])
-                penalty = self.failure_penalty if failed else 0.0
-                failures += failed
-                pending[i] = {"prompt": prompts[k], "ids": gen.ids[k], "weights": w, "text": text,
-                              "penalty": penalty, "anchor": anchor_id(obs)}
+                actions[i] = d.actions[k]
+                failures += d.failed[k]
+                pending[i] = {"prompt": prompts[k], "ids": d.ids[k], "weights": d.weights[k], "text": d.texts[k],
+                              "penalty": self.failure_penalty if d.failed[k] else 0.0,
+                              "anchor": anchor_id(self._obs[i])}
+                if d.candidates is not None:
+                    pending[i]["candidates"] = d.candidates[k]
                 if from_generate:
-                    pending[i].update(logp=(gen.token_logp[k] * w).sum(), token_logp=gen.token_logp[k].float().cpu())
-                tokens += len(gen.ids[k])
+                    pending[i].update(logp=d.logp[k], token_logp=None if d.token_logp is None else d.token_logp[k])
+                tokens += len(d.ids[k])
             t0 = time.perf_counter()
             step = self.envs.step(actions)
             t_env += time.perf_counter() - t0
@@ -213,17 +214,18 @@ class GroupRolloutDataModule(RolloutDataModule):
         prompts = [s["prompt"] for s in samples]
         gen_ids = [s["ids"] for s in samples]
         weights = [s["weights"] for s in samples]
+        cands = [s["candidates"] for s in samples] if "candidates" in samples[0] else None
         t0 = time.perf_counter()
         if from_generate:
             logp = torch.stack([s["logp"] for s in samples]).float().cpu()
-            token_logp = [s["token_logp"] for s in samples]
+            token_logp = None if cands is not None else [s["token_logp"] for s in samples]
         else:
-            logp, _, token_logp = self.score_tokens(prompts, gen_ids, weights)
+            logp, _, token_logp = self.score_tokens(prompts, gen_ids, weights, candidates=cands)
         B = len(samples)
         rewards = torch.tensor([s["reward"] for s in samples], dtype=torch.float32).view(B, 1)
         kl_penalty = None
         if self.kl_coef:  # kept apart: inside the returns, group normalisation would blow it up to +-1
-            ref_logp = self.score(prompts, gen_ids, weights, reference=True)[0]
+            ref_logp = self.score(prompts, gen_ids, weights, reference=True, candidates=cands)[0]
             kl_penalty = self.kl_coef * (logp - ref_logp)
         timings["score"] = time.perf_counter() - t0
         return Rollout(
@@ -233,6 +235,7 @@ class GroupRolloutDataModule(RolloutDataModule):
             parse_failures=failures, gen_tokens=tokens, timings=timings, samples_for_log=to_log,
             token_logp=token_logp, episode_of=torch.tensor(episode_of), group_of=torch.tensor(group_of),
             anchors=torch.tensor([s["anchor"] for s in samples], dtype=torch.int64), kl_penalty=kl_penalty,
+            candidates=cands,
         )
 
     # ------------------------------------------------------------ resume: between rollouts nothing is in flight

@@ -58,8 +58,9 @@ class Minibatch:
 
     def _collate(self, idx: Tensor, sample_scale: float, token_scale: float, stand_in: bool) -> MicroBatch:
         r, ix = self.rollout, idx.tolist()
+        scored = {} if r.candidates is None else {"candidates": [r.candidates[i] for i in ix]}
         inputs = self.collate([r.prompts[i] for i in ix], [r.gen_ids[i] for i in ix], [r.weights[i] for i in ix],
-                              share=self.share)
+                              share=self.share, **scored)
         old_tokens = None
         if self.token_level:
             old_tokens = torch.zeros_like(inputs.weights)

@@ -30,11 +30,13 @@ from torch import Tensor
 
 from agentrl.algorithms import ppo
 from agentrl.algorithms.batches import Rollout
+from agentrl.data.acting import Decisions, decide
 from agentrl.data.loader import RolloutLoader
 from agentrl.data.memory import EpisodeMemory, encode_prompt, has_frames, within_budget
 from agentrl.envs.base import EnvModule, EnvObs, EpisodeStats
 from agentrl.policy.module import PolicyModule
 from agentrl.prompting.batching import Prompt
+from agentrl.prompting.candidates import Candidates
 from agentrl.prompting.parsing import ActionParser, action_span_start
 from agentrl.prompting.templates import PromptTemplate, Step
 
@@ -180,29 +182,28 @@ class RolloutDataModule(L.LightningDataModule):
         gen_logp: list[Tensor] = []
         gen_values: list[Tensor] = []
         token_logp: list[Tensor] = []
+        candidates: list[Candidates] = []  # the score head's, per sample
         for t in range(T):
             if should_stop is not None and should_stop():
                 raise CollectAbandoned(f"stopped before env step {t} of {T}")
             step_prompts = self._prompts or self.encode_all(self._obs)
             self._prompts = None
             t0 = time.perf_counter()
-            gen = self.policy.generate(step_prompts, score=from_generate)
+            d = self.decide(step_prompts, self._obs, with_logp=from_generate)
             t_gen += time.perf_counter() - t0
-            actions, penalties = [], np.zeros(N, np.float32)
-            for i, (obs, text) in enumerate(zip(self._obs, gen.texts)):
-                action, failed, w = self.act(obs, text, gen.ids[i])
-                actions.append(action)
-                weights.append(w)
+            actions, penalties = d.actions, np.zeros(N, np.float32)
+            weights += d.weights
+            for i, failed in enumerate(d.failed):
                 if failed:
                     penalties[i] = self.failure_penalty
                     failures += 1
-                if from_generate:
-                    gen_logp.append((gen.token_logp[i] * weights[-1]).sum())
-                    token_logp.append(gen.token_logp[i].float().cpu())
             if from_generate:
-                gen_values.append(gen.values)
+                gen_logp += d.logp
+                token_logp += d.token_logp or []
+                gen_values.append(d.values)
+            candidates += d.candidates or []
             if t == 0:
-                to_log = self.for_log(self._obs, gen.texts, step_prompts)
+                to_log = self.for_log(self._obs, d.texts, step_prompts)
             t0 = time.perf_counter()
             step = self.envs.step(actions)
             t_env += time.perf_counter() - t0
@@ -218,17 +219,18 @@ class RolloutDataModule(L.LightningDataModule):
                 self.memory.clear(i)
             episodes += [e for e in step.episodes if e is not None]
             prompts += step_prompts
-            gen_ids += gen.ids
-            texts += gen.texts
-            tokens += sum(len(g) for g in gen.ids)
+            gen_ids += d.ids
+            texts += d.texts
+            tokens += sum(len(g) for g in d.ids)
             self._obs = step.obs
 
         # ------------------------------------------------------------ 2. score
         t0 = time.perf_counter()
+        cands = candidates or None
         if from_generate:
             logp, values = torch.stack(gen_logp), torch.cat(gen_values)
         else:
-            logp, values, token_logp = self.score_tokens(prompts, gen_ids, weights)
+            logp, values, token_logp = self.score_tokens(prompts, gen_ids, weights, candidates=cands)
         self._prompts = self.encode_all(self._obs)  # the next collect starts from these
         last_values = self.policy.values(self._prompts)
         final_values = torch.zeros(T, N)
@@ -239,7 +241,7 @@ class RolloutDataModule(L.LightningDataModule):
         t_score = time.perf_counter() - t0
         rewards_t = torch.from_numpy(rewards)
         if self.kl_coef:
-            ref_logp = self.score(prompts, gen_ids, weights, reference=True)[0]
+            ref_logp = self.score(prompts, gen_ids, weights, reference=True, candidates=cands)[0]
             rewards_t = rewards_t - self.kl_coef * (logp - ref_logp).view(T, N)
         term_t, trunc_t = torch.from_numpy(terminated), torch.from_numpy(truncated)
         next_values = ppo.next_values_for(values.view(T, N), last_values, final_values, trunc_t & ~term_t)
@@ -248,8 +250,14 @@ class RolloutDataModule(L.LightningDataModule):
             rewards=rewards_t, terminated=term_t, truncated=trunc_t, next_values=next_values,
             episodes=episodes, parse_failures=failures, gen_tokens=tokens,
             timings={"generate": t_gen, "env": t_env, "score": t_score}, samples_for_log=to_log,
-            token_logp=token_logp,
+            token_logp=token_logp if cands is None else None, candidates=cands,
         )
+
+    def decide(self, prompts: list[Prompt], obs: list[EnvObs], *, greedy: bool = False,
+               with_logp: bool = False) -> Decisions:
+        """The actions for ``obs`` with either action head (:func:`agentrl.data.acting.decide`)."""
+        return decide(self.policy, self.template, self.parser, prompts, obs, greedy=greedy, rng=self.rng,
+                      with_logp=with_logp, act=self.act)
 
     @torch.no_grad()
     def act(self, obs: EnvObs, text: str, ids: Tensor) -> tuple[str, bool, Tensor]:
@@ -267,37 +275,44 @@ class RolloutDataModule(L.LightningDataModule):
         return action, not result.ok, self.policy.token_weights(ids, start, self.cot)
 
     def score(self, prompts: list[Prompt], gen_ids: list[Tensor], weights: list[Tensor],
-              reference: bool = False) -> tuple[Tensor, Tensor]:
-        """Weighted log-probs (B,) and values (B,), in batched teacher-forced chunks.
+              reference: bool = False, candidates: list[Candidates] | None = None) -> tuple[Tensor, Tensor]:
+        """Weighted log-probs (B,) and values (B,), in batched teacher-forced chunks; with ``candidates`` (the
+        score head) the chosen candidates' log-probs.
 
         ``reference=True`` scores with the LoRA adapters disabled: the frozen
         base model, with no second copy in memory.
         """
-        return self.score_tokens(prompts, gen_ids, weights, reference)[:2]
+        return self.score_tokens(prompts, gen_ids, weights, reference, candidates)[:2]
 
     @torch.no_grad()
     def score_tokens(self, prompts: list[Prompt], gen_ids: list[Tensor], weights: list[Tensor],
-                     reference: bool = False) -> tuple[Tensor, Tensor, list[Tensor]]:
-        """:meth:`score` plus each answer's per-token log-probs (L_b,)."""
+                     reference: bool = False, candidates: list[Candidates] | None = None,
+                     ) -> tuple[Tensor, Tensor, list[Tensor] | None]:
+        """:meth:`score` plus each answer's per-token log-probs (L_b,) (None with ``candidates``)."""
         logps, values, tokens = [], [], [None] * len(prompts)
         # chunks of similar length pad less; results go back to the input order below
         order = sorted(range(len(prompts)), key=lambda i: prompts[i]["input_ids"].shape[-1] + len(gen_ids[i]))
         for lo in range(0, len(order), self.score_batch_size):
             ix = order[lo : lo + self.score_batch_size]
             inputs = self.policy.collate_train([prompts[i] for i in ix], [gen_ids[i] for i in ix],
-                                               [weights[i] for i in ix])
+                                               [weights[i] for i in ix],
+                                               candidates=None if candidates is None else [candidates[i] for i in ix])
             if reference:
                 with self.policy.model.disable_adapter():
                     token_logp, v, _ = self.policy(inputs)
             else:
                 token_logp, v, _ = self.policy(inputs)
+            if candidates is not None:  # the chosen candidates' log-probs (b,)
+                logps.append(token_logp.float().cpu())
+                values.append(v.float().cpu())
+                continue
             token_logp = token_logp.float().cpu()
             logps.append(ppo.weighted_logprob(token_logp, inputs.weights))
             values.append(v.float().cpu())
             for row, i in enumerate(ix):
                 tokens[i] = token_logp[row, : len(gen_ids[i])].clone()
         inverse = torch.argsort(torch.tensor(order))
-        return torch.cat(logps)[inverse], torch.cat(values)[inverse], tokens
+        return torch.cat(logps)[inverse], torch.cat(values)[inverse], None if candidates is not None else tokens
 
     # ------------------------------------------------------------ the Lightning hooks
 

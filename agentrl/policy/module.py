@@ -21,12 +21,14 @@ from torch import Tensor, nn
 
 from agentrl.algorithms import ppo
 from agentrl.algorithms.batches import MicroBatch
-from agentrl.config import PPOConfig
+from agentrl.config import ConfigError, PPOConfig
 from agentrl.policy.decoding import Decoder, Generation, Sampler, last_hidden_state, token_logprobs
 from agentrl.policy.loading import eos_token_ids, text_hidden_size
 from agentrl.policy.processors import suppressed_token_ids
+from agentrl.policy.scoring import candidate_logprobs, choice_terms
 from agentrl.policy.value_head import NoValueHead, ValueHead
-from agentrl.prompting.batching import Prompt, PromptBatcher, TrainInputs
+from agentrl.prompting.batching import VERIFIED_FAMILIES, Prompt, PromptBatcher, TrainInputs
+from agentrl.prompting.candidates import CandidateInputs, Candidates, collate_candidates
 
 LOGIT_CHUNK = 64
 """Answer positions whose (B, chunk, vocab) float32 logits exist at once in the teacher-forced forward."""
@@ -53,8 +55,14 @@ class PolicyModule(L.LightningModule):
         critic: bool = True,
         ppo: PPOConfig | None = None,
         entropy_coef: float = 0.0,
+        action_head: str = "generate",
+        normalization: str = "word",
     ) -> None:
         super().__init__()
+        self.action_head = action_head
+        """"generate" (answers are written, then parsed) or "score" (a softmax over the legal actions)."""
+        self.normalization = normalization
+        """How a candidate's log-likelihood is normalised (``policy.normalization``, score head)."""
         self.ppo_config = ppo or PPOConfig()
         """The loss and optimizer settings of :meth:`training_step` and :meth:`configure_optimizers`."""
         self.entropy_coef = entropy_coef
@@ -67,6 +75,10 @@ class PolicyModule(L.LightningModule):
         self.sampler = Sampler(temperature=temperature, top_p=top_p, bad_ids=suppressed_token_ids(processor),
                                eos_ids=eos_token_ids(model, self.tokenizer))
         self.decoder = Decoder(model, self.batcher, self.sampler, self.value_head, max_new_tokens=max_new_tokens)
+        if action_head == "score" and not self.batcher.verified:
+            raise ConfigError(f"policy.action_head=score continues each prompt's cache with explicit positions, "
+                              f"verified for {', '.join(VERIFIED_FAMILIES)}; this model is "
+                              f"{getattr(model.config, 'model_type', '?')!r}: use policy.action_head=generate")
 
     @classmethod
     def from_config(cls, cfg: Any, critic: bool = True) -> PolicyModule:
@@ -81,7 +93,8 @@ class PolicyModule(L.LightningModule):
             model, processor, thought_coef=cfg.policy.thought_coef, value_hidden=list(cfg.policy.value_hidden),
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
             image_size=cfg.model.image_size, share_prefix=cfg.policy.share_prefix, critic=critic, ppo=cfg.ppo,
-            entropy_coef=cfg.policy.entropy_coef,
+            entropy_coef=cfg.policy.entropy_coef, action_head=cfg.policy.action_head,
+            normalization=cfg.policy.normalization,
         )
 
     @property
@@ -163,13 +176,15 @@ class PolicyModule(L.LightningModule):
         entropy bonus (``policy.entropy_coef``).
         """
         p = self.ppo_config
-        token_logp, values, entropy = self(batch.inputs, with_entropy=self.entropy_coef > 0)
+        out, values, entropy = self(batch.inputs, with_entropy=self.entropy_coef > 0)
         dev = values.device
-        weights = batch.inputs.weights.to(dev)
-        logp = ppo.weighted_logprob(token_logp.float(), weights)
+        if isinstance(batch.inputs, CandidateInputs):  # the score head: the chosen actions' log-probs
+            logp = out.float()
+        else:
+            logp = ppo.weighted_logprob(out.float(), batch.inputs.weights.to(dev))
         tokens = None
         if p.loss_type == "token":
-            tokens = (token_logp.float(), batch.old_token_logp.to(dev), weights, batch.token_scale)
+            tokens = (out.float(), batch.old_token_logp.to(dev), batch.inputs.weights.to(dev), batch.token_scale)
         return ppo.ppo_losses(
             logp, batch.old_logp.to(dev), batch.advantages.to(dev), values.float(), batch.old_values.to(dev),
             batch.returns.to(dev), entropy.float(), clip=p.clip, value_clip=p.value_clip,
@@ -180,18 +195,41 @@ class PolicyModule(L.LightningModule):
     # ------------------------------------------------------------ scoring and training
 
     def collate_train(self, prompts: list[Prompt], gen_ids: list[Tensor], weights: list[Tensor],
-                      share: bool | None = None) -> TrainInputs:
-        """[left-padded prompt | right-padded answer] for :meth:`forward` (see :class:`PromptBatcher`)."""
+                      share: bool | None = None,
+                      candidates: list[Candidates] | None = None) -> TrainInputs | CandidateInputs:
+        """[left-padded prompt | right-padded answer] for :meth:`forward` (see :class:`PromptBatcher`); with
+        ``candidates`` (the score head), the prompts and every candidate of each (``gen_ids`` unused)."""
+        if candidates is not None:
+            return collate_candidates(self.batcher, prompts, candidates, share)
         return self.batcher.collate_train(prompts, gen_ids, weights, share)
 
-    def forward(self, inputs: TrainInputs, with_entropy: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    @torch.no_grad()
+    def score_candidates(self, prompts: list[Prompt], candidates: list[Candidates],
+                         share: bool | None = None) -> tuple[list[Tensor], Tensor]:
+        """The score head's policy: per prompt, the log-probs (K_i,) of its candidates, and the values (B,).
+        The same pass as :meth:`forward`'s on :class:`CandidateInputs` (see :mod:`agentrl.policy.scoring`)."""
+        inputs = collate_candidates(self.batcher, prompts, candidates, share)
+        logp, values = candidate_logprobs(self.model, self.batcher, self.decoder.head, self.value_head, inputs,
+                                          self.device)
+        return list(logp.float().cpu().split(inputs.counts)), values.float().cpu()
+
+    def forward(self, inputs: TrainInputs | CandidateInputs,
+                with_entropy: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """Teacher-forced pass: per-token log-probs (B, L), values (B,), mean token entropy (B,).
+
+        :class:`CandidateInputs` (the score head): the chosen candidates' log-probs (B,), values (B,) and
+        the entropy of each prompt's candidate distribution (B,).
 
         Log-probs come from temperature-scaled float32 logits of the last hidden
         state, as the tokens were sampled (:mod:`agentrl.policy.decoding`), a chunk of
         answer positions at a time. One forward gives both the actor's and the
         critic's outputs.
         """
+        if isinstance(inputs, CandidateInputs):
+            logp, values = candidate_logprobs(self.model, self.batcher, self.decoder.head, self.value_head, inputs,
+                                              self.device)
+            chosen, entropy = choice_terms(logp, inputs)
+            return chosen, values, entropy
         model_inputs = self.batcher.model_kwargs(inputs.model_inputs, inputs.prefix, self.device)
         gen = inputs.gen_ids.to(self.device)
         length, start = gen.shape[1], inputs.prompt_len - 1  # position P-1+t predicts answer token t

@@ -48,6 +48,7 @@ def test_a_legal_list_that_changes_size_between_steps(tiny_path):
     data.envs.close()
     envs = ChangingActions(cfg.env)
     data.connect(policy, envs, data.template, data.parser)
+    data._obs = data._prompts = None  # build() had started the old envs: start these
     legal = []
     real_step = envs.step
 

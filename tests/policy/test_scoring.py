@@ -24,7 +24,8 @@ ACTIONS = [["go to cabinet 1", "open fridge 1", "take apple 1 from countertop 2"
 
 @pytest.fixture(scope="module")
 def scored(tiny_path):
-    cfg = load_config(ROOT / "conf/numberline.yaml", [*SMALL, *SCORE])
+    # the image after the text: the prompts share a prefix (the shared-prefix path is the one checked)
+    cfg = load_config(ROOT / "conf/numberline.yaml", [*SMALL, *SCORE, "prompt.image_position=last"])
     policy, data = build(cfg)
     obs = data.envs.reset(0)
     data.envs.close()
@@ -60,7 +61,7 @@ def test_candidates_are_the_answers_tokens_with_their_normaliser(scored):
     while all(len(f) > common + 1 and f[common] == first[0][common] for f in first):
         common += 1
     assert c.start == common and common > 0
-    assert c.norms.tolist() == [3.0, 3.0, 5.0, 1.0]  # words of each action (TWOSOME's word normalisation)
+    assert c.norms.tolist() == [4.0, 3.0, 6.0, 1.0]  # words of each action (TWOSOME's word normalisation)
     tokens = candidates_for(cfg, policy, data, actions, "token")
     assert tokens.norms.tolist() == [float(len(ids) - common) for ids in c.ids]
     assert candidates_for(cfg, policy, data, actions, "sum").norms.tolist() == [1.0] * 4

@@ -108,3 +108,22 @@ def test_sft_on_two_processes(tmp_path, tiny_path):
     metrics = json.loads((out / "checkpoints" / "sft" / "sft_metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["examples"] == 16 and metrics["loss"] > 0
     assert proc.stderr.count("sft: loss") == 1  # one rank reports
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_score_head_trains_on_two_processes(tmp_path, tiny_path, strategy):
+    """policy.action_head=score under DDP (with GiGPO's groups) and FSDP2 (LoRA at bf16-mixed): ranks step
+    together, the first ratio is 1, the weights move identically on both ranks (one checkpoint)."""
+    out = tmp_path / "run"
+    extra = (["advantage.estimator=gigpo", "rollout.group_size=2"] if strategy == "ddp" else
+             ["trainer.strategy=fsdp", "model.finetune=lora", "model.dtype=bfloat16", "trainer.precision=bf16-mixed"])
+    cmd = [sys.executable, "-m", "agentrl.cli", "fit", "-c", str(ROOT / "conf/numberline.yaml"),
+           *[a for a in SMALL if strategy == "ddp" or not a.startswith("trainer.strategy")], *extra,
+           "policy.action_head=score", "prompt.cot=false", "trainer.max_updates=1", f"trainer.out_dir={out}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert events.Scalars("losses/start_ratio_error")[0].value < 1e-6
+    assert events.Scalars("parse/failure_rate")[0].value == 0.0
+    assert (out / "checkpoints" / "update_000001").is_dir()

@@ -1,4 +1,5 @@
-"""One ALFWorld environment slot: the real engine, the fixed expert, rewards and auto-reset.
+"""One ALFWorld environment slot: the real engine, an expert (the fixed planner or the searching one),
+rewards and auto-reset.
 
 Runs in the main process (``vector=sync``) or alone in a worker process
 (``vector=async``); everything it returns pickles.
@@ -13,10 +14,13 @@ from typing import Any
 from agentrl.envs.alfworld.engine import EXPERT_MAX_STEPS, read_traj, start_engine
 from agentrl.envs.alfworld.expert import ExpertTracker, apply_expert_fix
 from agentrl.envs.alfworld.scene import draw_scene
+from agentrl.envs.alfworld.search import SearchExpert
 from agentrl.envs.alfworld.state import SHORT_NAMES, goal_condition, scene_state
 from agentrl.envs.base import EnvObs, EpisodeStats
 
 ENV_ID = "alfworld"
+EXPERTS = {"planner": ExpertTracker, "search": SearchExpert}
+"""``env.options.expert``: alfworld's handcoded planner (reads the hidden state) or the searching expert."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,7 @@ class GameSettings:
     won_reward: float
     goal_condition_reward: float
     goal_condition_mode: str  # "rate" (reference: every step) or "delta" (change since last step)
+    expert: str = "planner"  # a key of EXPERTS: who labels expert_fields()
 
 
 @dataclass
@@ -52,7 +57,7 @@ class AlfworldGame:
         self.s = settings
         self.rng = random.Random(0)
         self.env: Any = None
-        self.expert = ExpertTracker(EXPERT_MAX_STEPS)
+        self.expert = EXPERTS[settings.expert](EXPERT_MAX_STEPS)
 
     def reset(self, seed: int | str) -> EnvObs:
         """Seed this slot's stream of games and start the first one."""
@@ -78,7 +83,7 @@ class AlfworldGame:
         return SlotStep(self._new_episode(), reward, won, truncated, obs, episode)
 
     def expert_fields(self) -> dict[str, str]:
-        """The fixed expert's next command and a short reason for it."""
+        """The expert's next command and a short reason for it."""
         return {"thoughts": self.expert.thoughts(self.task), "action": self.expert.action}
 
     def close(self) -> None:

@@ -14,6 +14,9 @@ runs each game in its own worker process.
 - ``image_size`` (224): side of the drawn scene image in pixels.
 - ``task_types`` (all): short names to keep (pick, look, clean, heat, cool, pick2).
 - ``start_method`` ("spawn"): how async workers start (spawn, forkserver, fork).
+- ``expert`` ("planner"): who labels ``expert_fields()`` (SFT data, ``agentrl play``'s hint): "planner"
+  (alfworld's handcoded expert, with a memory of the whole episode and the engine's facts) or "search"
+  (:mod:`.search`: acts only on what the prompt shows, predictable with ``prompt.history >= 3``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 
 from agentrl.config import ConfigError, EnvConfig
 from agentrl.envs.alfworld.engine import EXPERT_MAX_STEPS, WALKTHROUGH_MAX_STEPS
-from agentrl.envs.alfworld.game import AlfworldGame, GameSettings, SlotStep
+from agentrl.envs.alfworld.game import EXPERTS, AlfworldGame, GameSettings, SlotStep
 from agentrl.envs.alfworld.state import SHORT_NAMES
 from agentrl.envs.alfworld.worker import START_S, WorkerDied
 from agentrl.envs.base import EnvModule, EnvObs, EnvStep
@@ -42,6 +45,7 @@ OPTIONS: dict[str, Any] = {
     "image_size": 224,
     "task_types": list(SHORT_NAMES.values()),
     "start_method": "spawn",
+    "expert": "planner",
 }
 _OFFICIAL_SPLIT = {"train": "train", "eval": "valid_unseen"}
 
@@ -79,6 +83,7 @@ class AlfworldModule(EnvModule):
             won_reward=opts["won_reward"],
             goal_condition_reward=opts["goal_condition_reward"],
             goal_condition_mode=opts["goal_condition_mode"],
+            expert=opts["expert"],
         )
         self._workers = None
         self._games: list[AlfworldGame] = []
@@ -268,6 +273,8 @@ def _options(given: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"env.options.image_size must be >= 64, got {opts['image_size']}")
     if opts["start_method"] not in ("spawn", "forkserver", "fork"):
         raise ConfigError(f"env.options.start_method must be spawn, forkserver or fork, got {opts['start_method']!r}")
+    if opts["expert"] not in EXPERTS:
+        raise ConfigError(f"env.options.expert must be one of {', '.join(EXPERTS)}, got {opts['expert']!r}")
     opts["task_types"] = list(opts["task_types"])
     for key in ("won_reward", "goal_condition_reward"):
         opts[key] = float(opts[key])

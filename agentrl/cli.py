@@ -111,7 +111,22 @@ def _parsers(cfg: Any = None, source: str = "") -> tuple[argparse.ArgumentParser
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--per-type", type=int, default=10, help="games per task type and split")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-receptacles", type=_at_least(3), default=None, metavar="N",
+                   help="small rooms: keep the receptacles the task needs and random others up to N (>= 3); "
+                        "default: whole rooms")
+    p.add_argument("--max-distractors", type=_at_least(0), default=None, metavar="M",
+                   help="at most M objects that are not targets; default: no limit")
     return root, dict(sub.choices)
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return parse
 
 
 def _parse_value(text: str) -> object:
@@ -146,7 +161,8 @@ def _run(args: argparse.Namespace) -> int:
             from agentrl.envs.alfworld.gen import main as gen_main
         except ModuleNotFoundError as e:
             raise ConfigError(f"alfworld-gen needs the ALFWorld engine: pip install 'agentrl[alfworld]' ({e})") from None
-        return gen_main(args.out, args.per_type, args.seed)
+        return gen_main(args.out, args.per_type, args.seed, max_receptacles=args.max_receptacles,
+                        max_distractors=args.max_distractors)
 
     if args.command == "sweep" and not args.print_config:  # it checks each combination with its grid values
         return _sweep(args)  # (the overrides alone may need them: rollout.group_size=4 with an estimator grid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -128,3 +129,15 @@ def test_many_games_per_type_in_the_eval_rooms(tmp_path: Path) -> None:
     summary = generate(tmp_path, per_type=3, seed=3, split="eval")
     assert set(summary["games"].values()) == {3}
     assert len(list((tmp_path / "eval").glob("*/trial_*"))) == 3 * len(TASK_TYPES)
+
+
+def test_default_set_is_byte_identical_to_the_one_before_room_limits(games: Path) -> None:
+    """Without --max-receptacles / --max-distractors the generator writes the very files it wrote before the
+    options existed (the digest of this fixture's set, seed 0, taken before they were added)."""
+    digest = hashlib.sha256()
+    root = games / "train"
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    assert digest.hexdigest() == "f57b02442249d6cd5e3be4575f59487db6df6b7d1ebbfb6885db5c352cfeeb35"

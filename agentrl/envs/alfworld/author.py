@@ -4,12 +4,18 @@ Objects go only where ``constants.VAL_RECEPTACLE_OBJECTS`` allows, with the
 properties of ``VAL_ACTION_OBJECTS``; the goal is the shipped goal library's
 PDDL; the task text is one of its templates. A draw that cannot make the task
 (no sink for a clean task, the goal already true, ...) returns None.
+
+Small rooms (``max_receptacles``, ``max_distractors``): the room keeps the receptacles the task needs
+(a start of the object, the goal receptacle, the sinkbasin / microwave / fridge, a lamp stand) and
+random others up to the limit; at most ``max_distractors`` objects that are not targets (a look task's
+lamp is needed, not a distractor). Without limits the draws are exactly those made before the options.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agentrl.envs.alfworld.rooms import Receptacle, Room, mangle
@@ -55,12 +61,27 @@ def pickupable_classes() -> set[str]:
     return {o for objs in C.VAL_RECEPTACLE_OBJECTS.values() for o in objs if "Sliced" not in o}
 
 
-def draw_game(room: Room, task_type: str, rng: random.Random) -> Game | None:
-    """One random game of ``task_type`` in ``room``, or None when this draw cannot make it."""
+MIN_RECEPTACLES = 3
+"""The fewest receptacles a room may be cut to: a clean / heat / cool task needs a start, a tool and a goal."""
+
+
+def check_limits(max_receptacles: int | None, max_distractors: int | None) -> None:
+    """ValueError naming a room limit that cannot be met (None: no limit)."""
+    if max_receptacles is not None and max_receptacles < MIN_RECEPTACLES:
+        raise ValueError(f"max_receptacles must be >= {MIN_RECEPTACLES} (a start, a tool and a goal receptacle) "
+                         f"or None for the whole room, got {max_receptacles}")
+    if max_distractors is not None and max_distractors < 0:
+        raise ValueError(f"max_distractors must be >= 0 or None for no limit, got {max_distractors}")
+
+
+def draw_game(room: Room, task_type: str, rng: random.Random, max_receptacles: int | None = None,
+              max_distractors: int | None = None) -> Game | None:
+    """One random game of ``task_type`` in ``room`` (cut to the limits), or None when this draw cannot make it."""
     import alfworld.gen.constants as C
 
     if task_type not in TASK_TYPES:
         raise ValueError(f"unknown task type {task_type!r}; expected one of {', '.join(TASK_TYPES)}")
+    check_limits(max_receptacles, max_distractors)
     if room.room_type not in C.GOALS_VALID[task_type]:
         return None
     homes = _homes(room)
@@ -86,9 +107,17 @@ def draw_game(room: Room, task_type: str, rng: random.Random) -> Game | None:
         if not parents:
             return None
         parent = rng.choice(parents)
+    if max_receptacles is not None:
+        room = _cut(room, homes[obj], parent, tool, toggle, max_receptacles, rng)
+        homes = _homes(room)
+        present = sorted(c for c in room.object_classes if c in homes)
 
     counts = {c: rng.randint(1, 2) for c in present if rng.random() < 0.6}
     counts[obj] = rng.randint(2, 3) if task_type == "pick_two_obj_and_place" else rng.randint(1, 2)
+    if max_distractors is not None:
+        others = [c for c in sorted(counts) if c != obj for _ in range(counts[c])]
+        rng.shuffle(others)
+        counts = {**Counter(others[:max_distractors]), obj: counts[obj]}
     placements: dict[str, Receptacle] = {}
     for cls in sorted(counts):
         spots = [r for r in homes[cls] if cls != obj or r.cls != parent]
@@ -108,6 +137,22 @@ def draw_game(room: Room, task_type: str, rng: random.Random) -> Game | None:
     seed = rng.getrandbits(31)
     problem = _problem(room, task_type, params, placements, seed)
     return Game(task_type, params, goal_text, problem, room.floorplan, seed, {k: v.id for k, v in placements.items()})
+
+
+def _cut(room: Room, starts: list[Receptacle], parent: str, tool: str | None, toggle: str, n: int,
+         rng: random.Random) -> Room:
+    """``room`` with at most ``n`` receptacles: a start of the object (not of the goal type), a goal receptacle,
+    the task's tool, a lamp stand (each unless one kept already serves), then random others, in the room's order."""
+    needs = [[r for r in starts if r.cls != parent]]
+    needs += [room.receptacles_of(parent) if parent else [], room.receptacles_of(tool) if tool else []]
+    needs.append(_lamp_stands(room) if toggle else [])
+    keep: list[Receptacle] = []
+    for options in needs:
+        if options and not any(r in keep for r in options):
+            keep.append(rng.choice(options))
+    rest = [r for r in room.receptacles if r not in keep]
+    keep += rng.sample(rest, min(max(0, n - len(keep)), len(rest)))
+    return replace(room, receptacles=tuple(r for r in room.receptacles if r in keep))
 
 
 def _homes(room: Room) -> dict[str, list[Receptacle]]:

@@ -11,16 +11,13 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.envs.alfworld.engine import EXPERT_MAX_STEPS, read_traj, start_engine
-from agentrl.envs.alfworld.expert import ExpertTracker, apply_expert_fix
+from agentrl.envs.alfworld.engine import EXPERT_MAX_STEPS, EXPERTS, read_traj, start_engine, visible
+from agentrl.envs.alfworld.expert import apply_expert_fix
 from agentrl.envs.alfworld.scene import draw_scene
-from agentrl.envs.alfworld.search import SearchExpert
 from agentrl.envs.alfworld.state import SHORT_NAMES, goal_condition, scene_state
 from agentrl.envs.base import EnvObs, EpisodeStats
 
 ENV_ID = "alfworld"
-EXPERTS = {"planner": ExpertTracker, "search": SearchExpert}
-"""``env.options.expert``: alfworld's handcoded planner (reads the hidden state) or the searching expert."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +55,7 @@ class AlfworldGame:
         self.rng = random.Random(0)
         self.env: Any = None
         self.expert = EXPERTS[settings.expert](EXPERT_MAX_STEPS)
+        self._shown = visible if settings.expert == "search" else (lambda state: state)  # what it may read
 
     def reset(self, seed: int | str) -> EnvObs:
         """Seed this slot's stream of games and start the first one."""
@@ -68,7 +66,7 @@ class AlfworldGame:
         """Apply one admissible command; on episode end, auto-reset and report the episode."""
         self.state, _, _ = self.env.step(command)
         self.steps += 1
-        self.expert.update(self.state, command)
+        self.expert.update(self._shown(self.state), command)
         won = bool(self.state["won"])
         gc = goal_condition(self.state["facts"], self.traj["task_type"], self.params)
         shaped = gc if self.s.goal_condition_mode == "rate" else gc - self.gc
@@ -105,7 +103,7 @@ class AlfworldGame:
         self.state = self.env.reset()
         intro = self.state["feedback"]
         self.room, self.task = _split_intro(intro)
-        self.expert.reset(gamefile, self.state, self.rng.getrandbits(31))
+        self.expert.reset(gamefile, self._shown(self.state), self.rng.getrandbits(31))
         self.steps, self.ret = 0, 0.0
         self.gc = goal_condition(self.state["facts"], self.traj["task_type"], self.params)
         return self._obs("")

@@ -1,11 +1,13 @@
-"""Offline ALFWorld game generator: official layout, checked by the fixed expert.
+"""Offline ALFWorld game generator: official layout, checked by both experts.
 
 ``generate(out, per_type, seed, split)`` writes
 ``<out>/<split>/<task_type>-<Obj>-None-<Recep>-<room>/trial_<k>/{game.tw-pddl,traj_data.json}``
-for all six task types. Each drawn game is played by the fixed handcoded expert
-on the real engine in a child process (fast-downward may exit the process on a
-bad problem) and kept only if the expert wins; its winning commands become the
-game's ``walkthrough``. Same seed, same files.
+for all six task types. Each drawn game is played on the real engine in a child process
+(fast-downward may exit the process on a bad problem) by the fixed handcoded expert and by
+the searching expert, and kept only if both win within WALKTHROUGH_MAX_STEPS; the planner's
+winning commands become the game's ``walkthrough``. ``max_receptacles`` / ``max_distractors``
+author small rooms (see :mod:`.author`); they are recorded in ``summary.json`` and each
+``traj_data.json``'s generator block when set. Same seed and limits, same files.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from agentrl.envs.alfworld.author import SHORT_NAMES, TASK_TYPES, Game, draw_game
-from agentrl.envs.alfworld.engine import domain_and_grammar, expert_walkthrough
+from agentrl.envs.alfworld.author import SHORT_NAMES, TASK_TYPES, Game, check_limits, draw_game
+from agentrl.envs.alfworld.engine import checked_walkthrough, domain_and_grammar
 from agentrl.envs.alfworld.expert import apply_expert_fix
 from agentrl.envs.alfworld.rooms import SPLITS, floorplans, load_room
 
@@ -31,13 +33,18 @@ DEFAULT_PER_TYPE = 4
 _MAX_DRAWS_PER_GAME = 50
 
 
-def generate(out_dir: str | Path, per_type: int, seed: int, split: str = "train") -> dict[str, Any]:
-    """Write ``per_type`` expert-solvable games of each task type under ``out_dir/split``.
+def generate(out_dir: str | Path, per_type: int, seed: int, split: str = "train", max_receptacles: int | None = None,
+             max_distractors: int | None = None) -> dict[str, Any]:
+    """Write ``per_type`` expert-solvable games of each task type under ``out_dir/split``, in rooms of at most
+    ``max_receptacles`` receptacles and ``max_distractors`` non-target objects (None: no limit).
 
-    Returns a summary: games kept per task type, draws rejected, seconds taken.
+    Returns a summary: games kept per task type, draws rejected, the limits set, seconds taken.
     """
     if per_type < 1:
         raise ValueError(f"per_type must be >= 1, got {per_type}")
+    check_limits(max_receptacles, max_distractors)
+    limits = {k: v for k, v in (("max_receptacles", max_receptacles), ("max_distractors", max_distractors))
+              if v is not None}  # recorded only when set: the default set's files stay as they were
     rooms = floorplans(split)  # also checks the split name
     root = Path(out_dir) / split
     if root.exists():
@@ -55,12 +62,13 @@ def generate(out_dir: str | Path, per_type: int, seed: int, split: str = "train"
         try:
             while any(kept[t] < per_type for t in TASK_TYPES):
                 # one round: draw what every type still lacks, check them all in parallel
-                batch = [(t, g) for t in TASK_TYPES for g in _draw(t, per_type - kept[t], rooms, rngs[t], split)]
+                batch = [(t, g) for t in TASK_TYPES
+                         for g in _draw(t, per_type - kept[t], rooms, rngs[t], split, limits)]
                 trials = []
                 for task_type, game in batch:
                     trials.append(root / game.folder_name() / f"trial_{made[task_type]:05d}")
                     made[task_type] += 1
-                    _write(game, trials[-1], split)
+                    _write(game, trials[-1], split, limits)
                 jobs = [(str(trial / "game.tw-pddl"), g.seed) for (_, g), trial in zip(batch, trials)]
                 results, pool = _check_all(pool, workers, jobs)
                 for (task_type, game), trial, walkthrough in zip(batch, trials, results):
@@ -70,7 +78,7 @@ def generate(out_dir: str | Path, per_type: int, seed: int, split: str = "train"
                         if not any(trial.parent.iterdir()):
                             trial.parent.rmdir()
                         continue
-                    _write(game, trial, split, walkthrough)
+                    _write(game, trial, split, limits, walkthrough)
                     kept[task_type] += 1
                     progress.advance(bar)
                 progress.update(bar, rejected=sum(rejected.values()))
@@ -83,19 +91,24 @@ def generate(out_dir: str | Path, per_type: int, seed: int, split: str = "train"
         "games": {SHORT_NAMES[t]: n for t, n in kept.items()},
         "rejected": {SHORT_NAMES[t]: n for t, n in rejected.items()},
         "rooms": len(rooms),
+        **limits,
         "seconds": round(time.perf_counter() - start, 1),
     }
     (root / "summary.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "seconds"}, indent=1))
     return summary
 
 
-def main(out: str, per_type: int, seed: int) -> int:
+def main(out: str, per_type: int, seed: int, max_receptacles: int | None = None,
+         max_distractors: int | None = None) -> int:
     """CLI entry (``agentrl alfworld-gen``): generate both splits and print a count table."""
     from rich.console import Console
     from rich.table import Table
 
-    summaries = [generate(out, per_type, seed, split) for split in SPLITS]
-    table = Table(title=f"ALFWorld games in {out} (seed {seed})")
+    summaries = [generate(out, per_type, seed, split, max_receptacles, max_distractors) for split in SPLITS]
+    size = "".join(f", at most {value} {what}" for value, what in ((max_receptacles, "receptacles"),
+                                                                   (max_distractors, "distractors"))
+                   if value is not None)
+    table = Table(title=f"ALFWorld games in {out} (seed {seed}{size})")
     table.add_column("split")
     for short in SHORT_NAMES.values():
         table.add_column(short, justify="right")
@@ -140,13 +153,14 @@ def _complete(root: Path) -> bool:
     return all((root / split / "summary.json").is_file() for split in SPLITS)
 
 
-def _draw(task_type: str, n: int, rooms: list[int], rng: random.Random, split: str) -> list[Game]:
-    """``n`` games of ``task_type`` drawn from ``rooms``."""
+def _draw(task_type: str, n: int, rooms: list[int], rng: random.Random, split: str,
+          limits: dict[str, int]) -> list[Game]:
+    """``n`` games of ``task_type`` drawn from ``rooms`` (cut to ``limits``)."""
     games: list[Game] = []
     for _ in range(n * _MAX_DRAWS_PER_GAME):
         if len(games) == n:
             return games
-        game = draw_game(load_room(rng.choice(rooms)), task_type, rng)
+        game = draw_game(load_room(rng.choice(rooms)), task_type, rng, **limits)
         if game is not None:
             games.append(game)
     if len(games) < n:
@@ -157,7 +171,7 @@ def _draw(task_type: str, n: int, rooms: list[int], rng: random.Random, split: s
     return games
 
 
-def _write(game: Game, trial: Path, split: str, walkthrough: list[str] | None = None) -> None:
+def _write(game: Game, trial: Path, split: str, limits: dict[str, int], walkthrough: list[str] | None = None) -> None:
     domain, grammar = domain_and_grammar()
     trial.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
@@ -174,7 +188,7 @@ def _write(game: Game, trial: Path, split: str, walkthrough: list[str] | None = 
         "pddl_params": game.params,
         "scene": {"floor_plan": f"FloorPlan{game.floorplan}", "scene_num": game.floorplan},
         "task_desc": game.goal_text,
-        "generator": {"name": GAMES_VERSION, "split": split, "seed": game.seed},
+        "generator": {"name": GAMES_VERSION, "split": split, "seed": game.seed, **limits},
     }
     (trial / "traj_data.json").write_text(json.dumps(traj, indent=1))
 
@@ -186,8 +200,8 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 def _check_all(
     pool: ProcessPoolExecutor, workers: int, jobs: list[tuple[str, int]]
 ) -> tuple[list[list[str] | None], ProcessPoolExecutor]:
-    """Expert walkthroughs for ``jobs`` in child processes; a crashed child rejects only its game."""
-    futures = [pool.submit(expert_walkthrough, *job) for job in jobs]
+    """Walkthroughs for ``jobs`` in child processes (None: an expert lost); a crashed child rejects only its game."""
+    futures = [pool.submit(checked_walkthrough, *job) for job in jobs]
     results: list[list[str] | None] = []
     for i, future in enumerate(futures):
         try:
@@ -201,7 +215,7 @@ def _check_all(
 def _check_alone(job: tuple[str, int]) -> list[str] | None:
     single = _pool(1)
     try:
-        return single.submit(expert_walkthrough, *job).result()
+        return single.submit(checked_walkthrough, *job).result()
     except BrokenProcessPool:
         return None
     finally:

@@ -30,8 +30,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from agentrl.config import ConfigError, EnvConfig
-from agentrl.envs.alfworld.engine import EXPERT_MAX_STEPS, WALKTHROUGH_MAX_STEPS
-from agentrl.envs.alfworld.game import EXPERTS, AlfworldGame, GameSettings, SlotStep
+from agentrl.envs.alfworld.engine import EXPERT_MAX_STEPS, EXPERTS, WALKTHROUGH_MAX_STEPS
+from agentrl.envs.alfworld.game import AlfworldGame, GameSettings, SlotStep
 from agentrl.envs.alfworld.state import SHORT_NAMES
 from agentrl.envs.alfworld.worker import START_S, WorkerDied
 from agentrl.envs.base import EnvModule, EnvObs, EnvStep

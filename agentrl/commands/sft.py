@@ -29,7 +29,7 @@ from agentrl.config import Config, ConfigError, to_yaml
 from agentrl.config.registry import Components
 from agentrl.console import make_console
 from agentrl.data.memory import encode_prompt, has_frames, within_budget
-from agentrl.data.sft import Example, load_examples, make_template, perception
+from agentrl.data.sft import Example, load_examples, make_template, perception, with_sft_expert
 from agentrl.policy.module import PolicyModule
 from agentrl.policy.sharding import full_weights, is_sharded
 from agentrl.prompting.batching import Prompt
@@ -212,6 +212,8 @@ def sft(cfg: Config, argv: list[str] | None = None) -> Path:
     if cfg.trainer.checkpoint_format == "sharded":  # said before the run, not discovered after it
         console.log("sft: trainer.checkpoint_format=sharded applies to fit's checkpoints; sft writes its one "
                     "checkpoint as full weights (what policy.init_from and agentrl export read)")
+    if cfg.sft.data == "expert":
+        with_sft_expert(cfg)  # a wrong sft.expert stops the run before the model is built
     policy = build_policy(cfg)
     examples = load_examples(cfg)
     console.log(f"sft: {len(examples)} examples from {cfg.sft.data}; e.g. {examples[0].answer}")

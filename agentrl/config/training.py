@@ -183,6 +183,8 @@ class SFTConfig:
     """Probability of stepping with a random legal action while generating expert data, so states are diverse."""
     noise: float = 0.0
     """Probability of replacing the labelled expert action with a random legal one (a deliberately weak start)."""
+    expert: str = "planner"
+    """Who labels expert data (data=expert): "planner" (the env's own expert; for ALFWorld alfworld's handcoded planner, which keeps a memory of the whole episode and reads the engine's facts) or "search" (ALFWorld only: the searching expert, which acts on what the prompt shows and the last 3 steps; see docs/environments.md)."""
     max_examples: int | None = None
     """Use at most this many examples (either source); None uses all."""
     epochs: int = 3
@@ -201,6 +203,10 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if self.data != "expert" and not self.data.endswith(".jsonl"):
             raise ConfigError(f"sft.data must be 'expert' or a .jsonl file, got {self.data!r}")
+        check_choice("sft.expert", self.expert, ("planner", "search"))
+        if self.expert != "planner" and self.data != "expert":
+            raise ConfigError(f"sft.expert={self.expert} labels expert data (sft.data=expert); with "
+                              f"sft.data={self.data} the labels come from the file: drop sft.expert")
         check_ranges("sft.", self, examples=">= 1", explore="[0, 1]", noise="[0, 1]",
                       max_examples="None or >= 1", epochs=">= 1", perception_epochs=">= 0", lr="> 0",
                       vision_lr="None or > 0", batch_size=">= 1", max_grad_norm="> 0")

@@ -1,7 +1,8 @@
 """SFT examples (``sft.data``): the env's expert, or a JSONL file; what `agentrl sft` trains on.
 
 Data (``sft.data``):
-  expert   the env's own expert (``EnvModule.expert_fields()``) labels the states met
+  expert   the env's expert (``EnvModule.expert_fields()``; for ALFWorld the one ``sft.expert``
+           names, passed to the env as ``env.options.expert``) labels the states met
            along trajectories that step with the expert's action, or with a random legal
            one with probability ``sft.explore`` (diverse states). The answer is the prompt
            template's ``answer(fields)``: with ``prompt.cot=false`` the action only. With
@@ -64,11 +65,28 @@ def make_template(cfg: Config) -> PromptTemplate:
     return Components.resolve(cfg).make_template(cfg)
 
 
+def with_sft_expert(cfg: Config) -> Config:
+    """``cfg`` whose env labels with ``sft.expert`` (ALFWorld: ``env.options.expert``); a :class:`ConfigError`
+    where the env has no such expert or ``env.options.expert`` says otherwise."""
+    expert = cfg.sft.expert
+    if getattr(Components.resolve(cfg).env, "family", "") != "alfworld":
+        if expert != "planner":
+            raise ConfigError(f"sft.expert={expert} is the searching ALFWorld expert; env.name={cfg.env.name} "
+                              f"has its own expert only: use sft.expert=planner (the default)")
+        return cfg
+    given = cfg.env.options.get("expert", expert)
+    if given != expert:
+        raise ConfigError(f"env.options.expert={given} and sft.expert={expert} disagree; sft labels with "
+                          f"sft.expert: set both alike or drop env.options.expert")
+    return replace(cfg, env=replace(cfg.env, options={**cfg.env.options, "expert": expert}))
+
+
 def expert_examples(cfg: Config, n: int, *, split: str = "train", seed: int | None = None) -> list[Example]:
     """``n`` expert-labelled states of ``split`` (see the module docstring for explore and noise).
 
     Prompts carry the episode's last ``prompt.history`` steps, as in rollouts.
     """
+    cfg = with_sft_expert(cfg)
     parts = Components.resolve(cfg)
     template = parts.make_template(cfg)
     seed = cfg.seed if seed is None else seed

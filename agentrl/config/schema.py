@@ -146,7 +146,7 @@ class PolicyConfig:
     kl_coef: float = 0.0
     """Penalty on KL to the reference policy (adapters disabled); 0 turns it off."""
     entropy_coef: float = 0.0
-    """Bonus on token entropy of the generated text; 0 turns it off (as the paper)."""
+    """Bonus on the policy's entropy: of the generated tokens (generate head) or of the candidate distribution (score head); 0 turns it off (as the paper)."""
     share_prefix: bool = True
     """Run the prompt prefix a batch shares once (generate, scoring, training); LLaVA, LLaVA-NeXT and Idefics3; Qwen2-VL/2.5-VL run unshared (their 3-D rotary positions), with a warning."""
     action_head: str = "generate"
@@ -199,6 +199,10 @@ class Config:
                 raise ConfigError("policy.action_head=score scores the legal actions as the whole answer, so there is "
                                   "no thought to write first (thinking, then scoring after the thought, is not "
                                   "supported); set prompt.cot=false, or use policy.action_head=generate for CoT")
+            if self.model.gradient_checkpointing:
+                raise ConfigError("policy.action_head=score scores every candidate on its prompt's key/value cache, "
+                                  "which activation checkpointing drops in training; set "
+                                  "model.gradient_checkpointing=false, or use policy.action_head=generate")
             if self.ppo.loss_type == "token":
                 raise ConfigError("ppo.loss_type=token needs generated tokens; with policy.action_head=score the "
                                   "policy's probability is one per action: use ppo.loss_type=sequence")

@@ -157,7 +157,8 @@ class GroupRolloutDataModule(RolloutDataModule):
             t_gen += time.perf_counter() - t0
             if not to_log:
                 to_log = self.for_log([self._obs[i] for i in slots], d.texts, prompts)
-            actions = [o.legal_actions[0] for o in self._obs]  # waiting envs: any legal action, result unused
+            # waiting envs: any legal action, result unused
+            actions = [o.legal_actions[0] if o.legal_actions else "" for o in self._obs]
             pending = {}
             for k, i in enumerate(slots):
                 actions[i] = d.actions[k]

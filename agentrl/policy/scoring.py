@@ -10,7 +10,10 @@ model's own likelihood; ``rollout.temperature`` shapes generated text only), div
 candidates. Gradients reach the prompt pass through the repeated cache.
 
 Works for the families whose own decode loop is verified (explicit per-row positions; see
-:data:`~agentrl.prompting.batching.VERIFIED_FAMILIES`).
+:data:`~agentrl.prompting.batching.VERIFIED_FAMILIES`), without activation checkpointing (it drops the
+cache; refused at config load). Memory: the prompt's cache is copied once per candidate, so a batch holds
+(candidates x prompt length) cached tokens per layer; with a 7B model and long ALFWorld prompts keep
+``env.num_envs`` and ``ppo.micro_batch_size`` small (no slicing of the candidate rows yet).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from agentrl.policy.decoding import last_hidden_state, token_logprobs
 from agentrl.prompting.candidates import CandidateInputs
 
 HEAD_ROWS = 1024
-"""Scored token positions whose (rows, vocab) float32 logits exist at once."""
+"""Scored token positions whose (rows, vocab) float32 logits are made at once. Without gradients (acting) only
+one chunk exists at a time; in training each chunk's logits stay for the backward (every scored token's)."""
 
 
 def candidate_logprobs(model: Any, batcher: Any, head: Any, value_head: Any, inputs: CandidateInputs,

@@ -2,7 +2,8 @@
 
 Each legal action ``a`` becomes the answer the template would write for it (``template.answer({"action": a})``:
 ``{"action": "go to cabinet 1"}``) plus EOS, tokenized as SFT tokenizes answers. The tokens all candidates of
-a step begin with (``{"action": "``) say nothing about which action is meant and are not scored; the rest is.
+answer begins with (the format's ``{"action": "``) say nothing about which action is meant and are not scored;
+the rest is, the action's words and the closing ``"}`` and EOS.
 A candidate's score is its scored tokens' log-likelihood divided by its normaliser (``policy.normalization``):
 
 - ``word`` (default): the action's words, as TWOSOME's released scripts (``--normalization-mode word``);
@@ -37,7 +38,9 @@ class Candidates:
     ids: list[Tensor]
     """Per action, its answer's token ids (L_k,), EOS included."""
     start: int
-    """Tokens every answer begins with: not scored (the same for all, at least one token of each is scored)."""
+    """Tokens of the answer format every answer begins with (``{"action": "``): not scored. Words the legal
+    actions happen to share ("go to ...") are scored: an action's probability does not depend on the others'
+    wording beyond the softmax."""
     norms: Tensor
     """(K,) float32: what each candidate's log-likelihood is divided by."""
     chosen: int = -1
@@ -60,8 +63,10 @@ def build_candidates(tokenizer: Any, template: Any, actions: list[str], *, eos_i
         raise ConfigError(f"the legal action {actions[longest]!r} is {len(ids[longest])} tokens as an answer, more "
                           f"than rollout.max_new_tokens={max_tokens}; raise rollout.max_new_tokens to at least "
                           f"{len(ids[longest])}")
+    # the answer format's own tokens ('{"action": "'): common to two answers that differ from their first letter
+    probe = [tokenizer(template.answer({"action": a}), add_special_tokens=False).input_ids for a in ("a", "z", "0")]
     start = 0
-    while all(len(x) > start + 1 and x[start] == ids[0][start] for x in ids):
+    while all(len(x) > start + 1 and x[start] == ids[0][start] for x in ids + probe):
         start += 1
     if normalization == "word":
         norms = [max(len(a.split()), 1) for a in actions]

@@ -67,6 +67,18 @@ def test_candidates_are_the_answers_tokens_with_their_normaliser(scored):
     assert candidates_for(cfg, policy, data, actions, "sum").norms.tolist() == [1.0] * 4
 
 
+def test_only_the_answer_format_is_left_unscored_not_words_the_actions_share(scored):
+    """Actions that all begin "go to cabinet" keep those words in their likelihood (TWOSOME scores the whole
+    action): what is left out is what every answer of the template begins with, whatever the legal set."""
+    cfg, policy, data, _ = scored
+    mixed = candidates_for(cfg, policy, data, ACTIONS[0])
+    cabinets = candidates_for(cfg, policy, data, ["go to cabinet 1", "go to cabinet 2", "go to cabinet 10"])
+    assert cabinets.start == mixed.start
+    tok = policy.tokenizer
+    assert "go" in tok.decode(cabinets.ids[0][cabinets.start :].tolist())
+    assert cabinets.norms.tolist() == [4.0, 4.0, 4.0]
+
+
 @pytest.mark.parametrize("normalization", ["word", "token", "sum"])
 def test_score_logprobs_are_a_softmax_of_teacher_forced_likelihoods(scored, normalization):
     cfg, policy, data, obs = scored
@@ -137,6 +149,9 @@ def test_score_head_with_chain_of_thought_is_refused_at_config_load():
         load_config(ROOT / "conf/numberline.yaml", [*SCORE, "policy.normalization=chars"])
     with pytest.raises(ConfigError, match="loss_type"):
         load_config(ROOT / "conf/numberline.yaml", [*SCORE, "ppo.loss_type=token"])
+    # activation checkpointing drops the prompt's cache in training: the candidates would be scored without it
+    with pytest.raises(ConfigError, match="model.gradient_checkpointing"):
+        load_config(ROOT / "conf/numberline.yaml", [*SCORE, "model.gradient_checkpointing=true"])
 
 
 def test_an_env_without_legal_actions_stops_the_score_head_by_name(scored):

@@ -39,8 +39,6 @@ def candidate_logprobs(model: Any, batcher: Any, head: Any, value_head: Any, inp
     cache = kw.pop("cache", None)
     if cache is None:
         cache = DynamicCache(config=model.config)
-    if "position_ids" not in kw:
-        kw["position_ids"] = batcher.positions(kw, inputs.prefix)
     with last_hidden_state(model) as hidden:
         model(**kw, cache=cache, use_cache=True, logits_to_keep=1)
     last = hidden[-1][:, -1]  # every row is left-padded: its last prompt token
